@@ -1,0 +1,5 @@
+import sys
+
+from cdvideo.cli import main
+
+sys.exit(main())
