@@ -8,13 +8,12 @@ truncated file under the final name. This module imports neither torch nor diffu
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cdvideo.errors import VideoIOError
+from cdvideo.files import atomic_path
 
 FORMATS = ("mp4", "webm", "gif", "webp", "frames")
 DEFAULT_QUALITY = 8  # 0..10, imageio's scale: 10 is best
@@ -69,25 +68,19 @@ def write_video(
     _check_frames(frames)
     if not 0 <= quality <= 10:
         raise VideoIOError(f"quality must be between 0 and 10, got {quality}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if format == "frames":
         return _write_frames_folder(frames, path)
 
-    # The temporary name keeps the extension: imageio and ffmpeg choose the container from it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial.{format}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        if format in _FFMPEG:
-            _write_ffmpeg(frames, tmp, fps, format, quality)
-        else:
-            _write_pillow(frames, tmp, fps, format, quality)
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, Exception) and not isinstance(error, VideoIOError):
-            raise VideoIOError(f"could not write {path}: {error}") from error
+        with atomic_path(path) as tmp:
+            if format in _FFMPEG:
+                _write_ffmpeg(frames, tmp, fps, format, quality)
+            else:
+                _write_pillow(frames, tmp, fps, format, quality)
+    except (VideoIOError, KeyboardInterrupt):
         raise
+    except Exception as error:
+        raise VideoIOError(f"could not write {path}: {error}") from error
     return path
 
 
@@ -125,17 +118,9 @@ def _write_pillow(frames: np.ndarray, path: Path, fps: float, format: str, quali
 def _write_frames_folder(frames: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    with atomic_path(path, directory=True) as tmp:
         for index, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{index:05d}.png")
-        if path.exists():
-            # Replace a previous frames folder only once the new one is complete.
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -1,0 +1,119 @@
+"""`cdvideo render`: one prompt -> one video and its JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  cdvideo render --model tiny --concept examples/tiny-dog.safetensors \\
+      --prompt "a <new1> dog running on the beach" --out outputs/dog.mp4
+  cdvideo render --concept dog.safetensors:0.8 --concept hat.safetensors \\
+      --prompt "a <new1> dog wearing a <new2> hat" --seed 42 --num-frames 16
+  cdvideo render --from outputs/dog.json --out outputs/dog-again.mp4   # the same frames again
+"""
+
+# Flags that map one-to-one onto RenderSettings fields (flag = kebab-case of the field).
+_SETTING_FLAGS = {
+    "prompt": (str, "text prompt; use the concept's token, e.g. 'a <new1> dog'"),
+    "negative_prompt": (str, "what to avoid (default: the model preset's)"),
+    "num_frames": (int, "frames to render (default: preset's; at most the motion module's maximum)"),
+    "fps": (int, "frames per second of the written video"),
+    "steps": (int, "denoising steps"),
+    "guidance_scale": (float, "classifier-free guidance scale"),
+    "seed": (int, "random seed (default: drawn and recorded in the sidecar)"),
+    "height": (int, "frame height in pixels, a multiple of 8"),
+    "width": (int, "frame width in pixels, a multiple of 8"),
+    "scheduler": (str, "sampler: ddim, euler, euler_a, dpmpp_2m, pndm, lcm (default: preset's)"),
+    "model": (str, "preset name (sd15-animatediff-v2, tiny), preset YAML, or diffusers model directory"),
+    "motion_adapter": (str, "motion adapter hub id or directory, replacing the preset's"),
+    "device": (str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"),
+    "dtype": (str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
+    "format": (str, "mp4 (H.264, plays in browsers), webm, gif, webp, frames (PNG folder); default from --out"),
+    "quality": (int, "0..10, 10 best (default 8)"),
+}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="render a video of a prompt, with concepts",
+        description="Render one video with an AnimateDiff model and ClassDiffusion concepts.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for field, (kind, help) in _SETTING_FLAGS.items():
+        # Defaults stay None so that only flags the user gave override a sidecar (--from).
+        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, help=help)
+    parser.add_argument(
+        "--concept", dest="concepts", action="append", default=None, metavar="FILE[:STRENGTH]",
+        help="concept file, repeatable; ':0.8' scales its key/value changes",
+    )
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output video path (default: outputs/<prompt>-<seed>.mp4)")
+    parser.add_argument("--from", dest="from_sidecar", type=Path, default=None, metavar="SIDECAR",
+                        help="repeat the render described by a sidecar JSON; other flags override it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args):
+    """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
+    from cdvideo.config import ConceptSpec, RenderSettings
+    from cdvideo.render import read_sidecar
+
+    data: dict = {}
+    out = args.out
+    if args.from_sidecar:
+        sidecar = read_sidecar(args.from_sidecar)
+        data = dict(sidecar["settings"])
+        if out is None:
+            recorded = Path(sidecar["video"])
+            out = args.from_sidecar.with_name(f"{recorded.stem}-rerender{recorded.suffix}")
+    for field in _SETTING_FLAGS:
+        if getattr(args, field) is not None:
+            data[field] = getattr(args, field)
+    if args.concepts is not None:
+        data["concepts"] = [ConceptSpec.parse(text) for text in args.concepts]
+    return RenderSettings.from_dict(data, "render settings"), out
+
+
+def run(args) -> int:
+    from cdvideo.cli.common import quiet_libraries, slugify, warnings_as_lines
+
+    warnings_as_lines()
+    settings, out = settings_from_args(args)
+    if args.from_sidecar:
+        _warn_changed_concepts(args.from_sidecar, settings)
+
+    from cdvideo.models import load_preset
+    from cdvideo.render import check_inputs, render_to_file, resolve_settings
+
+    # Resolve and check here too, so a default output name can carry the seed.
+    settings = resolve_settings(settings, load_preset(settings.model))
+    if out is None:
+        out = Path("outputs") / f"{slugify(settings.prompt)}-{settings.seed}.{settings.format or 'mp4'}"
+        if settings.format == "frames":
+            out = out.with_suffix("")
+    quiet_libraries()
+    result = render_to_file(settings, out, progress=not args.quiet)
+    frames = result.frames
+    print(
+        f"wrote {result.video} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
+        f"{result.settings.fps} fps, seed {result.settings.seed}) and {result.sidecar} "
+        f"in {result.timings['total_s']:.1f} s"
+    )
+    return 0
+
+
+def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
+    """A concept file that changed since the recorded render cannot give the same frames."""
+    import warnings
+
+    from cdvideo.concept import file_sha256
+    from cdvideo.render import read_sidecar
+
+    recorded = {c["path"]: c.get("sha256") for c in read_sidecar(sidecar_path).get("concepts", [])}
+    for spec in settings.concepts:
+        if spec.path in recorded and Path(spec.path).is_file() and file_sha256(spec.path) != recorded[spec.path]:
+            warnings.warn(f"{spec.path} changed since {sidecar_path} was written: the frames will differ")

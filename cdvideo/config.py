@@ -1,0 +1,106 @@
+"""Settings dataclasses and their YAML/JSON form.
+
+Every YAML key is a dataclass field name, every CLI flag the kebab-case form of it, and unknown
+keys are errors (a misspelt setting silently ignored is a wasted render). This module imports
+neither torch nor diffusers, so validation runs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cdvideo.errors import ConfigError, InputFileError
+
+T = TypeVar("T")
+
+DEFAULT_MODEL = "sd15-animatediff-v2"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
+    """Build dataclass `cls` from a mapping, refusing keys that are not its fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(names))}"
+        )
+    return cls(**data)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+
+
+@dataclass
+class ConceptSpec:
+    """One concept file applied to a render, with the strength of its key/value changes."""
+
+    path: str
+    # Scales the key/value deltas only; the learned token embedding is used as trained.
+    strength: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "ConceptSpec":
+        """Parse `path` or `path:strength` (the CLI's `--concept dog.safetensors:0.8`)."""
+        path, sep, strength = text.rpartition(":")
+        if sep and path and not strength.startswith(("/", "\\")):
+            try:
+                return cls(path=path, strength=float(strength))
+            except ValueError:
+                pass  # a colon that is part of the path (a Windows drive, say)
+        return cls(path=text)
+
+
+@dataclass
+class RenderSettings:
+    """Everything one render needs. `None` means "the model preset's default"."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    # None draws a random seed, which is recorded in the sidecar so the render can be repeated.
+    seed: int | None = None
+    scheduler: str | None = None
+    concepts: list[ConceptSpec] = field(default_factory=list)
+    model: str = DEFAULT_MODEL
+    # Overrides the preset's motion adapter (hub id or local directory).
+    motion_adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    # Output container; None takes it from the output path's extension.
+    format: str | None = None
+    quality: int = 8
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":
+        data = dict(data)
+        concepts = data.get("concepts") or []
+        data["concepts"] = [
+            c if isinstance(c, ConceptSpec) else from_dict(ConceptSpec, c, f"{source}: concepts")
+            for c in concepts
+        ]
+        return from_dict(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,146 @@
+"""Apply concepts to a built AnimateDiff pipeline and remove them again, exactly.
+
+Key/value changes are merged into the named spatial `attn2` projections of the motion UNet
+(merging costs nothing at inference); tokens go into the tokenizer and text encoder through
+diffusers' textual-inversion loader. Every parameter a concept touches is copied once before
+the first change, and the merged weight is always recomputed from that copy, so removing a
+concept restores every weight bit for bit (design decision 2). Motion modules are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from cdvideo.concept import Concept, fingerprint_unet
+from cdvideo.errors import InjectionError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppliedConcept:
+    concept: Concept
+    strength: float
+    name: str
+    # Tokens added to the tokenizer: the concept's own plus diffusers' `<tok>_1 ...` for extra vectors.
+    added_tokens: list[str]
+
+
+class ConceptInjector:
+    """Applies and removes concepts on one pipeline (tokenizer, text encoder, motion UNet)."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.applied: list[AppliedConcept] = []
+        # parameter path -> the base weight, copied before its first change
+        self._originals: dict[str, torch.Tensor] = {}
+        self.base_fingerprint: str | None = None
+
+    @property
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.pipeline.unet.named_parameters())
+
+    def check(self, concept: Concept, name: str = "concept") -> None:
+        """Raise InjectionError if `concept` does not fit this pipeline; changes nothing."""
+        params = self._params
+        unmatched = sorted(p for p in concept.deltas if p not in params)
+        if unmatched:
+            shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+            raise InjectionError(
+                f"{name}: {len(unmatched)} weight change(s) match no module of this UNet: {shown} "
+                "(was the concept made for another architecture?)"
+            )
+        for param, value in concept.deltas.items():
+            shape = (value[0].shape[0], value[1].shape[1]) if isinstance(value, tuple) else tuple(value.shape)
+            if tuple(params[param].shape) != tuple(shape):
+                raise InjectionError(
+                    f"{name}: {param} is {tuple(params[param].shape)} in the model but {tuple(shape)} "
+                    "in the concept: the concept was made for a different base model"
+                )
+        embedding_dim = self.pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+        vocab = self.pipeline.tokenizer.get_vocab()
+        for token, embedding in concept.tokens.items():
+            if embedding.shape[1] != embedding_dim:
+                raise InjectionError(
+                    f"{name}: token {token} has embedding size {embedding.shape[1]}, "
+                    f"the text encoder expects {embedding_dim}: the concept was made for a different base model"
+                )
+            if token in vocab:
+                raise InjectionError(
+                    f"{name}: token {token} is already in the tokenizer's vocabulary "
+                    "(another concept uses it, or it is an ordinary word): rename it in one of the files"
+                )
+
+    def apply(self, concept: Concept, strength: float = 1.0, name: str = "concept") -> AppliedConcept:
+        """Add `concept` with its key/value changes scaled by `strength`."""
+        self.check(concept, name)
+        if self.base_fingerprint is None:
+            # Taken before the first change, while the UNet still holds its base weights.
+            self.base_fingerprint = fingerprint_unet(self.pipeline.unet)
+        if concept.base_fingerprint and concept.deltas and concept.base_fingerprint != self.base_fingerprint:
+            warnings.warn(
+                f"{name} was made against base weights {concept.base_fingerprint}, this model's are "
+                f"{self.base_fingerprint}: its key/value changes are applied to a different checkpoint",
+                stacklevel=2,
+            )
+        added: list[str] = []
+        if concept.tokens:
+            tokenizer_size = len(self.pipeline.tokenizer)
+            self.pipeline.load_textual_inversion(
+                [{token: embedding} for token, embedding in concept.tokens.items()],
+                token=list(concept.tokens),
+            )
+            added = self.pipeline.tokenizer.convert_ids_to_tokens(range(tokenizer_size, len(self.pipeline.tokenizer)))
+        entry = AppliedConcept(concept, float(strength), name, added)
+        self.applied.append(entry)
+        self._merge(concept.deltas)
+        return entry
+
+    def remove(self, entry: AppliedConcept) -> None:
+        """Take `entry` off again; with no concept left, every weight is the base weight to the bit."""
+        self.applied.remove(entry)
+        if entry.added_tokens:
+            self.pipeline.unload_textual_inversion(entry.added_tokens)
+        self._merge(entry.concept.deltas)
+
+    def remove_all(self) -> None:
+        for entry in reversed(list(self.applied)):
+            self.remove(entry)
+
+    @torch.no_grad()
+    def _merge(self, param_names) -> None:
+        """Set each parameter to base + sum(strength * delta) over the applied concepts."""
+        params = self._params
+        for name in param_names:
+            param = params[name]
+            original = self._originals.setdefault(name, param.detach().clone())
+            contributions = [
+                (a.strength, a.concept) for a in self.applied if name in a.concept.deltas and a.strength != 0.0
+            ]
+            if not contributions:
+                # Copy back rather than add zero: base + 0.0 would turn a -0.0 weight into +0.0.
+                param.copy_(original)
+                del self._originals[name]
+                continue
+            merged = original.float()
+            for strength, concept in contributions:
+                merged = merged + strength * concept.delta(name).to(merged.device)
+            param.copy_(merged.to(param.dtype))
+
+
+@contextlib.contextmanager
+def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]]) -> Iterator[ConceptInjector]:
+    """Apply `(concept, strength, name)` triples for the duration of a `with` block."""
+    injector = ConceptInjector(pipeline)
+    try:
+        for concept, strength, name in concepts:
+            injector.apply(concept, strength, name)
+        yield injector
+    finally:
+        injector.remove_all()

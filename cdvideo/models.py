@@ -1,0 +1,258 @@
+"""Model presets, and the one place that loads pretrained models.
+
+A preset (`configs/models/NAME.yaml`) names a base SD 1.5 model, a motion adapter, the sampler
+and render defaults. Sources are hub ids (read through the user's Hugging Face cache, honouring
+HF_HUB_OFFLINE), local diffusers directories, or `builtin:tiny` (built offline on first use and
+then read from its directory like any other). Tests replace nothing here: they load the tiny
+model through this same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdvideo.config import DEFAULT_MODEL, from_dict, read_yaml
+from cdvideo.errors import ConfigError, ModelNotAvailableError
+
+BUILTIN_PREFIX = "builtin:"
+MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
+# The components cdvideo reads from a base model, and the file that proves each is present.
+BASE_COMPONENTS = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "tokenizer": "tokenizer/tokenizer_config.json",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "lcm": "LCMScheduler",
+}
+
+
+@dataclass
+class ModelPreset:
+    """A base model, a motion module and the render defaults that suit them."""
+
+    base: str
+    motion_adapter: str
+    scheduler: str = "ddim"
+    # Passed to the scheduler on top of the base model's own scheduler config.
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    height: int = 512
+    width: int = 512
+    num_frames: int = 16
+    # The motion module's temporal position-encoding length: more frames cannot be rendered at once.
+    max_frames: int = 32
+    steps: int = 25
+    guidance_scale: float = 7.5
+    fps: int = 8
+    negative_prompt: str = ""
+    description: str = ""
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def presets_dir() -> Path:
+    """$CDVIDEO_PRESETS, else the repository's configs/models."""
+    if os.environ.get("CDVIDEO_PRESETS"):
+        return Path(os.environ["CDVIDEO_PRESETS"])
+    return Path(__file__).resolve().parent.parent / "configs" / "models"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def load_preset(spec: str) -> ModelPreset:
+    """A preset by name, by path to its YAML, or from a diffusers model directory."""
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")):
+        return _preset_from_yaml(path, name=path.stem)
+    if path.is_dir():
+        return _preset_from_model_dir(path)
+    named = presets_dir() / f"{spec}.yaml"
+    if named.is_file():
+        return _preset_from_yaml(named, name=spec)
+    raise ConfigError(
+        f"unknown model {spec!r}: use a preset ({', '.join(list_presets())}), "
+        "a preset YAML file, or a diffusers model directory"
+    )
+
+
+def _preset_from_yaml(path: Path, name: str) -> ModelPreset:
+    data = read_yaml(path)
+    preset = from_dict(ModelPreset, data, str(path))
+    preset.name = preset.name or name
+    if preset.scheduler not in SCHEDULERS:
+        raise ConfigError(f"{path}: unknown scheduler {preset.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    return preset
+
+
+def _preset_from_model_dir(path: Path) -> ModelPreset:
+    """A diffusers SD directory: render defaults of the default preset, its own motion adapter if it has one."""
+    missing = [f for f in BASE_COMPONENTS.values() if not (path / f).is_file()]
+    if missing:
+        raise ModelNotAvailableError(
+            f"{path} is not a diffusers Stable Diffusion directory (missing {', '.join(missing)})"
+        )
+    preset = load_preset(DEFAULT_MODEL)
+    preset.base = str(path)
+    if (path / MOTION_ADAPTER_SUBFOLDER / "config.json").is_file():
+        preset.motion_adapter = str(path)
+    preset.name = str(path)
+    preset.description = f"local model directory {path}"
+    return preset
+
+
+def _local_file(source: str, relative: str) -> Path | None:
+    """`relative` inside a local directory or the Hugging Face cache, or None if not there."""
+    if Path(source).is_dir():
+        candidate = Path(source) / relative
+        return candidate if candidate.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, relative)
+    except Exception:  # not a valid repo id: it is neither local nor in the cache
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def resolve_source(source: str) -> str:
+    """Turn `builtin:NAME` into its local directory; leave hub ids and paths as they are."""
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX) :]
+        if name != "tiny":
+            raise ConfigError(f"unknown built-in model {source!r}; the only one is 'builtin:tiny'")
+        from cdvideo.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model())
+    return source
+
+
+def _adapter_location(source: str) -> tuple[str, str | None]:
+    """A motion adapter source as (path or id, subfolder): model directories keep it in a subfolder."""
+    if Path(source, MOTION_ADAPTER_SUBFOLDER, "config.json").is_file():
+        return source, MOTION_ADAPTER_SUBFOLDER
+    return source, None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _not_available(source: str, what: str, reason: str) -> ModelNotAvailableError:
+    if Path(source).is_absolute() or source.startswith("."):
+        hint = "check the path"
+    else:
+        hint = f"download it while online with `hf download {source}`, or pass a local directory"
+    return ModelNotAvailableError(f"{what} {source!r} {reason}: {hint}, or use --model tiny (offline)")
+
+
+def check_available(preset: ModelPreset, motion_adapter: str | None = None) -> None:
+    """Fail now, with one line, if a model cannot be had: before anything heavy happens."""
+    if preset.base.startswith(BUILTIN_PREFIX):
+        return  # built locally on demand
+    checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
+    adapter = motion_adapter or preset.motion_adapter
+    if not adapter.startswith(BUILTIN_PREFIX):
+        location, subfolder = _adapter_location(adapter)
+        checks.append((location, "motion adapter", [f"{subfolder}/config.json" if subfolder else "config.json"]))
+    for source, what, files in checks:
+        looks_local = Path(source).is_absolute() or source.startswith(".") or Path(source).exists()
+        if looks_local and not Path(source).is_dir():
+            raise _not_available(source, what, "is not a directory")
+        missing = [f for f in files if _local_file(source, f) is None]
+        if not missing:
+            continue
+        if looks_local:
+            raise _not_available(source, what, f"lacks {', '.join(missing)}")
+        if _offline():
+            raise _not_available(source, what, "is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+
+
+def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) -> int:
+    """The motion module's frame limit: from its local config when there is one, else the preset's."""
+    source = motion_adapter or preset.motion_adapter
+    if not source.startswith(BUILTIN_PREFIX):
+        location, subfolder = _adapter_location(source)
+        config = _local_file(location, f"{subfolder}/config.json" if subfolder else "config.json")
+        if config is not None:
+            return int(json.loads(config.read_text()).get("motion_max_seq_length", preset.max_frames))
+    return preset.max_frames
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r} asked for, but torch sees no CUDA device: use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """`auto` is float16 on CUDA and float32 elsewhere (half precision is slow or unsupported on CPUs)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any]):
+    """Scheduler `name` from the base model's scheduler config with the preset's settings on top."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+    cls = getattr(diffusers, SCHEDULERS[name])
+    return cls.from_config({**base_config, **overrides})
+
+
+def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: str | None = None):
+    """Load base model and motion adapter into an AnimateDiffPipeline on `device` in `dtype`."""
+    check_available(preset, motion_adapter)
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = resolve_source(preset.base)
+    adapter, adapter_subfolder = _adapter_location(resolve_source(motion_adapter or preset.motion_adapter))
+    kwargs = dict(local_files_only=_offline())
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
+        adapter_model = MotionAdapter.from_pretrained(
+            adapter, subfolder=adapter_subfolder, torch_dtype=dtype, **kwargs
+        )
+        from diffusers import DDIMScheduler
+
+        base_scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _not_available(preset.base, "model", f"could not be loaded ({first_line})") from error
+    schedule = make_scheduler(preset.scheduler, base_scheduler_config, preset.scheduler_config)
+    pipeline = AnimateDiffPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,  # converted to a UNetMotionModel with the adapter's motion modules
+        motion_adapter=adapter_model,
+        scheduler=schedule,
+    )
+    return pipeline.to(device)

@@ -1,0 +1,282 @@
+"""One render request -> frames -> a video file and its JSON sidecar.
+
+    settings = RenderSettings(prompt="a <new1> dog running", model="tiny",
+                              concepts=[ConceptSpec("examples/tiny-dog.safetensors")])
+    result = render_to_file(settings, "outputs/dog.mp4")
+
+The sidecar records the resolved settings (seed included), the model, concept file hashes and
+library versions; `RenderSettings.from_dict(sidecar["settings"])` renders the same frames again
+on the same machine (design decision 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdvideo import __version__
+from cdvideo.concept import Concept, file_sha256, load_concept
+from cdvideo.config import ConceptSpec, DEVICES, DTYPES, RenderSettings
+from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.files import write_json_atomic
+from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
+from cdvideo.models import SCHEDULERS, ModelPreset, check_available, load_preset, motion_max_frames
+
+SIDECAR_FORMAT = "cdvideo.render"
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
+
+
+def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
+    """Fill every `None` from the preset, and draw a seed if none was given."""
+    defaults = {
+        "negative_prompt": preset.negative_prompt,
+        "num_frames": preset.num_frames,
+        "height": preset.height,
+        "width": preset.width,
+        "steps": preset.steps,
+        "guidance_scale": preset.guidance_scale,
+        "fps": preset.fps,
+        "scheduler": preset.scheduler,
+        "seed": random.SystemRandom().randrange(0, 2**63),
+    }
+    return dataclasses.replace(
+        settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None}
+    )
+
+
+def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.PathLike | None = None) -> None:
+    """Validate resolved settings before any model is loaded; each message names the setting."""
+    if not settings.prompt or not settings.prompt.strip():
+        raise ConfigError("prompt is empty: pass --prompt \"a <new1> dog running on the beach\"")
+    for name in ("height", "width"):
+        value = getattr(settings, name)
+        if value <= 0 or value % 8:
+            raise ConfigError(f"{name} must be a positive multiple of 8 (latents are 1/8 of the frame), got {value}")
+    limit = motion_max_frames(preset, settings.motion_adapter)
+    if not 1 <= settings.num_frames <= limit:
+        raise ConfigError(
+            f"num_frames must be between 1 and {limit} (the motion module's maximum), got {settings.num_frames}"
+        )
+    if settings.steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {settings.steps}")
+    if settings.guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
+    if settings.fps <= 0:
+        raise ConfigError(f"fps must be positive, got {settings.fps}")
+    if not 0 <= settings.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), got {settings.seed}")
+    if settings.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    if settings.device not in DEVICES and not settings.device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {settings.device!r}; choose from {', '.join(DEVICES)} or cuda:N")
+    if settings.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {settings.dtype!r}; choose from {', '.join(DTYPES)}")
+    if settings.format is not None and settings.format not in FORMATS:
+        raise ConfigError(f"unknown format {settings.format!r}; choose from {', '.join(FORMATS)}")
+    if not 0 <= settings.quality <= 10:
+        raise ConfigError(f"quality must be between 0 and 10, got {settings.quality}")
+    if out is not None and settings.format is None:
+        format_from_path(out)
+    for spec in settings.concepts:
+        if not Path(spec.path).is_file():
+            raise InputFileError(f"concept file not found: {spec.path}")
+
+
+def load_concepts(specs: list[ConceptSpec]) -> list[tuple[Concept, float, str]]:
+    """Read and validate every concept file; tokens must be unique across them."""
+    loaded = []
+    owner: dict[str, str] = {}
+    for spec in specs:
+        concept = load_concept(spec.path)
+        for token in concept.tokens:
+            if token in owner:
+                raise ConfigError(f"token {token} is defined by both {owner[token]} and {spec.path}")
+            owner[token] = spec.path
+        loaded.append((concept, spec.strength, spec.path))
+    return loaded
+
+
+def prompt_warnings(prompt: str, concepts: list[tuple[Concept, float, str]]) -> list[str]:
+    """Warn when a prompt names a concept's class word but not its token (the concept then has little effect)."""
+    messages = []
+    words = set(re.findall(r"[\w<>-]+", prompt.lower()))
+    for concept, _, name in concepts:
+        for token, class_word in concept.class_words.items():
+            if token not in prompt and class_word.lower() in words:
+                messages.append(
+                    f"the prompt mentions '{class_word}' but not the concept token {token} from {name}: "
+                    f"write '{token} {class_word}' to render the learned subject"
+                )
+    return messages
+
+
+def render_frames(pipeline, settings: RenderSettings, progress: bool = True) -> np.ndarray:
+    """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
+
+    The call is exactly what a plain diffusers script makes, so the frames are identical to it.
+    The generator lives on the CPU: the same seed gives the same initial noise on any device.
+    """
+    import torch
+
+    pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    output = pipeline(
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt or None,
+        num_frames=settings.num_frames,
+        height=settings.height,
+        width=settings.width,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generator,
+        output_type="np",
+    )
+    return frames_to_uint8(output.frames[0])  # (f, h, w, 3)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {"python": platform.python_version(), "cdvideo": __version__}
+    for package in ("torch", "diffusers", "transformers", "accelerate", "safetensors", "xformers"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def sidecar_path(video: str | os.PathLike) -> Path:
+    """`outputs/dog.mp4` -> `outputs/dog.json`; a frames folder `outputs/dog` -> `outputs/dog.json`."""
+    video = Path(video)
+    return video.with_name(video.stem + ".json") if video.suffix else video.with_name(video.name + ".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"sidecar not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "settings" not in data:
+        raise ConfigError(f"{path}: not a cdvideo render sidecar")
+    return data
+
+
+@dataclass
+class RenderResult:
+    video: Path
+    sidecar: Path
+    frames: np.ndarray
+    settings: RenderSettings
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Renderer:
+    """Holds one loaded pipeline and renders requests with it; concepts are applied per render."""
+
+    def __init__(self, preset: ModelPreset, device: str = "auto", dtype: str = "auto",
+                 motion_adapter: str | None = None):
+        from cdvideo.models import load_pipeline, resolve_device, resolve_dtype
+
+        self.preset = preset
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.motion_adapter = motion_adapter
+        self.pipeline = load_pipeline(preset, device=self.device, dtype=self.dtype, motion_adapter=motion_adapter)
+        self.scheduler = preset.scheduler
+        self._scheduler_config = dict(self.pipeline.scheduler.config)
+
+    def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
+               progress: bool = True) -> np.ndarray:
+        from cdvideo.inject import concepts_applied
+        from cdvideo.models import make_scheduler
+
+        if settings.scheduler and settings.scheduler != self.scheduler:
+            self.pipeline.scheduler = make_scheduler(settings.scheduler, self._scheduler_config, {})
+            self.scheduler = settings.scheduler
+        with concepts_applied(self.pipeline, concepts or []):
+            return render_frames(self.pipeline, settings, progress=progress)
+
+
+def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,
+                   progress: bool = True) -> RenderResult:
+    """Validate, load (unless a renderer is given), render, and write the video and its sidecar."""
+    started = time.perf_counter()
+    # 1. Check inputs: everything that can be wrong is found before a model is loaded.
+    preset = renderer.preset if renderer else load_preset(settings.model)
+    settings = resolve_settings(settings, preset)
+    check_inputs(settings, preset, out)
+    format = settings.format or format_from_path(out)
+    concepts = load_concepts(settings.concepts)
+    messages = prompt_warnings(settings.prompt, concepts)
+    for message in messages:
+        warnings.warn(message, stacklevel=2)
+    check_available(preset, settings.motion_adapter)
+
+    # 2. Load the model.
+    timings: dict[str, float] = {}
+    if renderer is None:
+        t = time.perf_counter()
+        renderer = Renderer(preset, settings.device, settings.dtype, settings.motion_adapter)
+        timings["load_s"] = time.perf_counter() - t
+
+    # 3. Render with the concepts applied, then take them off again.
+    t = time.perf_counter()
+    frames = renderer.render(settings, concepts, progress=progress)
+    timings["render_s"] = time.perf_counter() - t
+
+    # 4. Write the video, then the sidecar (a sidecar never describes a missing video).
+    t = time.perf_counter()
+    video = write_video(frames, out, fps=settings.fps, format=format, quality=settings.quality)
+    timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    sidecar = sidecar_path(video)
+    write_json_atomic(
+        {
+            "format": SIDECAR_FORMAT,
+            "video": video.name,
+            "settings": settings.to_dict(),
+            "model": {
+                "preset": preset.name,
+                "base": preset.base,
+                "motion_adapter": settings.motion_adapter or preset.motion_adapter,
+                "scheduler_config": preset.scheduler_config,
+            },
+            "concepts": [
+                {
+                    "path": name,
+                    "sha256": file_sha256(name),
+                    "strength": strength,
+                    "tokens": list(concept.tokens),
+                    "class_words": concept.class_words,
+                    "base_fingerprint": concept.base_fingerprint,
+                }
+                for concept, strength, name in concepts
+            ],
+            "device": renderer.device,
+            "dtype": str(renderer.dtype).removeprefix("torch."),
+            "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
+            "versions": library_versions(),
+            "platform": f"{platform.system()} {platform.machine()}; {sys.version.split()[0]}",
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        sidecar,
+    )
+    return RenderResult(video, sidecar, frames, settings, timings, messages)
