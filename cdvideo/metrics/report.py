@@ -1,0 +1,136 @@
+"""Eval results out: the printed tables, JSON, CSV and the `scores.jsonl` beside a batch manifest.
+
+Every file is written to a temporary name in its folder and renamed when complete, so an
+interrupted run never leaves a truncated report or annotation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cdvideo.metrics.base import MetricResult
+from cdvideo.metrics.evaluate import Unavailable, VideoScores
+
+SCORES_NAME = "scores.jsonl"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cell(result: MetricResult | Unavailable | None) -> str:
+    if result is None:
+        return ""
+    if isinstance(result, Unavailable):
+        return "n/a"
+    return "nan" if result.value != result.value else f"{result.value:.4f}"
+
+
+def _note(result: MetricResult | Unavailable) -> str:
+    if isinstance(result, Unavailable):
+        return f"unavailable: {result.reason}"
+    parts = [str(result.details[key]) for key in ("flow_method", "model") if key in result.details]
+    worst = result.details.get("worst_window")
+    if worst:
+        parts.append(
+            f"slope {result.details['slope_per_frame']:+.2e}/frame, worst frames "
+            f"{worst['first_frame']}-{worst['last_frame']} mean {worst['mean']:.4f}"
+        )
+    return "; ".join(parts)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_video(scores: VideoScores, per_pair: bool = False) -> str:
+    """One video's table: a row per metric (value and how it was measured), optionally a row per frame pair."""
+    if scores.error:
+        return f"{scores.video}\n  error: {scores.error}"
+    h, w = scores.size or (0, 0)
+    title = f"{scores.video}  ({scores.num_frames} frames, {w}x{h})"
+    rows = [[name, _cell(result), _note(result)] for name, result in scores.metrics.items()]
+    text = f"{title}\n{_table(['metric', 'value', 'notes'], rows)}"
+    pair_metrics = {
+        name: result.per_pair
+        for name, result in scores.metrics.items()
+        if isinstance(result, MetricResult) and result.per_pair is not None
+    }
+    if per_pair and pair_metrics:
+        pair_rows = [
+            [f"{t}-{t + 1}", *(("nan" if v[t] != v[t] else f"{v[t]:.4f}") for v in pair_metrics.values())]
+            for t in range(len(next(iter(pair_metrics.values()))))
+        ]
+        text += "\n\n" + _table(["pair", *pair_metrics], pair_rows)
+    return text
+
+
+def format_aggregate(summary: dict[str, dict[str, Any]], total: int, failed: int) -> str:
+    """The run's table: each metric's mean over the videos that have it."""
+    rows = [
+        [name, "" if s["mean"] is None else f"{s['mean']:.4f}", f"{s['videos']}/{total}"] for name, s in summary.items()
+    ]
+    title = f"aggregate over {total - failed} of {total} videos" + (f" ({failed} failed)" if failed else "")
+    return f"{title}\n{_table(['metric', 'mean', 'videos'], rows)}"
+
+
+def write_json(path: Path, all_scores: list[VideoScores], summary: dict, settings: dict) -> Path:
+    """Everything: settings, per-video results with per-pair / per-frame values, and the aggregate."""
+    document = {
+        "settings": settings,
+        "videos": [scores.to_json() for scores in all_scores],
+        "aggregate": summary,
+    }
+    return atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+
+
+def write_csv(path: Path, all_scores: list[VideoScores], summary: dict, names: list[str]) -> Path:
+    """One row per video (empty cell = unavailable or failed, see `notes`), then a `mean` row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["video", "frames", *names, "error", "notes"])
+    for scores in all_scores:
+        values = ["" if scores.value(name) is None else f"{scores.value(name):.6g}" for name in names]
+        unavailable = [
+            f"{name}: {result.reason}" for name, result in scores.metrics.items() if isinstance(result, Unavailable)
+        ]
+        writer.writerow([scores.video, scores.num_frames or "", *values, scores.error or "", "; ".join(unavailable)])
+    means = ["" if summary[name]["mean"] is None else f"{summary[name]['mean']:.6g}" for name in names]
+    writer.writerow(["mean", "", *means, "", ""])
+    return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def annotate_manifest(manifest: Path, all_scores: list[VideoScores]) -> Path:
+    """Write `scores.jsonl` beside the manifest: each scored manifest line plus `scores` and `eval_error`.
+
+    The manifest itself is never modified, so a batch can be resumed or re-scored.
+    """
+    lines = []
+    for scores in all_scores:
+        if scores.manifest_record is None:
+            continue
+        record = dict(scores.manifest_record)
+        record["scores"] = {name: scores.value(name) for name in scores.metrics}
+        record["eval_error"] = scores.error
+        lines.append(json.dumps(record))
+    return atomic_write_bytes(manifest.parent / SCORES_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
