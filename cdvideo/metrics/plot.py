@@ -9,9 +9,9 @@ from cdvideo.metrics.base import MetricResult
 from cdvideo.metrics.report import atomic_write_bytes
 
 WIDTH, HEIGHT = 640, 360
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 32, 40
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 56, 40
 COLORS = {"dino_i": (31, 119, 180), "clip_i": (255, 127, 14)}  # matplotlib's first two, familiar to readers
-WORST_FILL = (255, 228, 225)  # pale red band behind the worst window
+WORST_ALPHA = 48  # translucent bands, so overlapping worst windows of two curves stay visible
 
 
 def identity_curves(metrics: dict[str, object]) -> dict[str, MetricResult]:
@@ -27,8 +27,7 @@ def draw_identity_plot(curves: dict[str, MetricResult], title: str, path: Path) 
     """Draw each curve against source frame numbers, shade each worst window, write the PNG atomically."""
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
+    image = Image.new("RGBA", (WIDTH, HEIGHT), "white")
     left, right, top, bottom = MARGIN_LEFT, WIDTH - MARGIN_RIGHT, MARGIN_TOP, HEIGHT - MARGIN_BOTTOM
 
     frames = [i for result in curves.values() for i in result.details["frame_indices"]]
@@ -44,11 +43,14 @@ def draw_identity_plot(curves: dict[str, MetricResult], title: str, path: Path) 
         y = bottom - (value - y_min) / (y_max - y_min) * (bottom - top)
         return x, y
 
-    for result in curves.values():
+    bands = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    for name, result in curves.items():
         worst = result.details["worst_window"]
         x0, _ = to_xy(worst["first_frame"], y_min)
         x1, _ = to_xy(worst["last_frame"], y_min)
-        draw.rectangle([x0, top, max(x1, x0 + 1), bottom], fill=WORST_FILL)
+        ImageDraw.Draw(bands).rectangle([x0, top, max(x1, x0 + 1), bottom], fill=(*COLORS[name], WORST_ALPHA))
+    image = Image.alpha_composite(image, bands)
+    draw = ImageDraw.Draw(image)
 
     draw.rectangle([left, top, right, bottom], outline="black")
     for fraction in (0.0, 0.5, 1.0):
@@ -61,19 +63,22 @@ def draw_identity_plot(curves: dict[str, MetricResult], title: str, path: Path) 
         draw.line([x, bottom, x, bottom + 4], fill="black")
         draw.text((x - 6, bottom + 6), str(frame), fill="black")
     draw.text(((left + right) // 2 - 16, HEIGHT - 16), "frame", fill="black")
-    draw.text((left, 8), title[:80], fill="black")
+    draw.text((left, 6), title[-90:], fill="black")
 
-    legend_x = right - 230
     for row, (name, result) in enumerate(curves.items()):
         points = [to_xy(f, v) for f, v in zip(result.details["frame_indices"], result.per_frame)]
         draw.line(points, fill=COLORS[name], width=2)
         for x, y in points:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLORS[name])
         worst = result.details["worst_window"]
-        label = f"{name} mean {result.value:.3f}, worst {worst['mean']:.3f}"
-        draw.line([legend_x, top + 10 + 14 * row, legend_x + 16, top + 10 + 14 * row], fill=COLORS[name], width=2)
-        draw.text((legend_x + 20, top + 4 + 14 * row), label, fill="black")
+        label = (
+            f"{name}: mean {result.value:.3f}, slope {result.details['slope_per_frame']:+.2e}/frame, "
+            f"worst {worst['frames']}-frame window {worst['first_frame']}-{worst['last_frame']} (shaded) {worst['mean']:.3f}"
+        )
+        y = 24 + 14 * row
+        draw.line([left, y + 6, left + 16, y + 6], fill=COLORS[name], width=2)
+        draw.text((left + 22, y), label, fill="black")
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.convert("RGB").save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
