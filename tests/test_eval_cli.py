@@ -50,8 +50,9 @@ def batch_folder(tmp_path: Path) -> Path:
     write_video(still_video(frames=4), folder / "still.mp4", fps=8)
     write_sidecar(folder / "still.mp4", {"prompt": "a photo of a cat"})
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    (folder / "empty.webm").write_bytes(b"")
     write_video(still_video(frames=1), folder / "one.mp4", fps=8)
-    records = [{"video": name, "seed": i} for i, name in enumerate(["pan.mp4", "broken.mp4", "still.mp4", "one.mp4", "gone.mp4"])]
+    records = [{"video": name, "seed": i} for i, name in enumerate(["pan.mp4", "broken.mp4", "still.mp4", "one.mp4", "gone.mp4", "empty.webm"])]
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
 
@@ -70,7 +71,8 @@ def test_batch_folder_reports_bad_files_scores_the_rest_and_exits_non_zero(batch
     assert "broken.mp4\n  error: could not read" in out
     assert "one.mp4\n  error:" in out and "need at least 2" in out
     assert "gone.mp4\n  error: video not found" in out
-    assert "aggregate over 2 of 5 videos (3 failed)" in out
+    assert "empty.webm\n  error: " in out and "is empty (0 bytes)" in out
+    assert "aggregate over 2 of 6 videos (4 failed)" in out
 
     report = json.loads((tmp_path / "s.json").read_text())
     by_name = {Path(v["video"]).name: v for v in report["videos"]}
@@ -86,14 +88,14 @@ def test_batch_folder_reports_bad_files_scores_the_rest_and_exits_non_zero(batch
     assert report["aggregate"]["dynamic_degree"] == {"mean": 0.5, "videos": 2}
 
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-    assert [Path(r["video"]).name for r in rows] == ["pan.mp4", "broken.mp4", "still.mp4", "one.mp4", "gone.mp4", "mean"]
+    assert [Path(r["video"]).name for r in rows] == ["pan.mp4", "broken.mp4", "still.mp4", "one.mp4", "gone.mp4", "empty.webm", "mean"]
     assert rows[1]["error"] and rows[1]["temporal_flickering"] == ""
     assert float(rows[-1]["dynamic_degree"]) == 0.5
 
     # The manifest is untouched; scores.jsonl carries every manifest line with its scores.
     assert (batch_folder / "manifest.jsonl").read_bytes() == manifest_before
     scored = [json.loads(line) for line in (batch_folder / "scores.jsonl").read_text().splitlines()]
-    assert [r["seed"] for r in scored] == [0, 1, 2, 3, 4]
+    assert [r["seed"] for r in scored] == [0, 1, 2, 3, 4, 5]
     assert scored[0]["eval_error"] is None and 0 < scored[0]["scores"]["clip_i"] <= 1
     assert scored[1]["eval_error"] and scored[1]["scores"] == {}
     assert not list(batch_folder.glob(".*partial*"))
@@ -102,6 +104,19 @@ def test_batch_folder_reports_bad_files_scores_the_rest_and_exits_non_zero(batch
     assert plots == ["pan.identity.png", "still.identity.png"]
     with Image.open(tmp_path / "plots" / "pan.identity.png") as plot:
         assert plot.size == (640, 360) and len(set(plot.getdata())) > 3  # something drawn, not a blank canvas
+
+
+def test_plots_beside_videos_do_not_turn_a_folder_into_a_frames_folder(tmp_path, tiny_models, reference_images, capsys):
+    write_video(panning_video(frames=4), tmp_path / "a.mp4", fps=8)
+    write_video(still_video(frames=4), tmp_path / "b.mp4", fps=8)
+    Image.fromarray(reference_images[0]).save(tmp_path / "ref.jpg")
+    argv = [tmp_path, "--metrics", "temporal_flickering,clip_i", "--reference-images", tmp_path / "ref.jpg", *model_flags(tiny_models)]
+    assert run_eval(*argv) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a.identity.png", "b.identity.png"]
+    first = capsys.readouterr().out
+    assert run_eval(*argv) == 0  # the second run sees the same two videos, not a folder of PNG frames
+    assert capsys.readouterr().out == first
+    assert "aggregate over 2 of 2 videos" in first
 
 
 def test_a_single_good_video_exits_zero_and_missing_weights_are_reported(tmp_path, capsys):

@@ -257,3 +257,12 @@ assert args.run(args) == 0
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "subject_consistency" in done.stdout
+
+
+def test_without_opencv_only_the_flow_metrics_are_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were not installed
+    video = Video(frames=alternating_video(frames=3), frame_indices=[0, 1, 2])
+    results = evaluate_video(video, ["temporal_flickering", "warping_error", "dynamic_degree"], EvalContext())
+    assert results["temporal_flickering"].value == pytest.approx(205 / 255)
+    for name in ("warping_error", "dynamic_degree"):
+        assert isinstance(results[name], Unavailable) and "cdvideo[eval]" in results[name].reason

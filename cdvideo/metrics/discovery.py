@@ -23,7 +23,14 @@ class EvalItem:
 
 
 def _is_frames_folder(folder: Path) -> bool:
-    return any(folder.glob("*.png")) and not (folder / MANIFEST_NAME).exists()
+    # Videos or a manifest win over PNGs: eval's own identity plots may sit beside the videos.
+    try:
+        names = [entry.name.lower() for entry in folder.iterdir()]
+    except OSError:
+        return False
+    has_png = any(name.endswith(".png") for name in names)
+    has_videos = any(name.endswith(VIDEO_SUFFIXES) for name in names)
+    return has_png and not has_videos and MANIFEST_NAME not in names
 
 
 def find_videos(inputs: list[str]) -> list[EvalItem]:

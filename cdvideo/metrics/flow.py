@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cdvideo.errors import ConfigError
-from cdvideo.metrics.base import Video
+from cdvideo.metrics.base import MetricUnavailableError, Video
 
 FLOW_METHODS = ("dis", "farneback", "none")
 
@@ -19,7 +19,8 @@ def _cv2():
     try:
         import cv2
     except ImportError as error:
-        raise ConfigError(
+        # OpenCV is an optional extra: without it only the flow metrics are lost.
+        raise MetricUnavailableError(
             "optical flow needs OpenCV: pip install 'cdvideo[eval]' (opencv-python-headless)"
         ) from error
     return cv2

@@ -34,6 +34,9 @@ def load_video(path: str | os.PathLike, stride: int = 1, max_frames: int | None 
     path = Path(path)
     if path.is_dir():
         _check_frame_sizes(path)
+    elif path.is_file() and path.stat().st_size == 0:
+        # Decoders only say "error reading"; an interrupted render leaves exactly this.
+        raise VideoIOError(f"{path} is empty (0 bytes)")
     try:
         frames, fps = read_video(path)  # (f, h, w, 3) uint8
     except CdVideoError:
