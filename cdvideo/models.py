@@ -161,26 +161,59 @@ def _not_available(source: str, what: str, reason: str) -> ModelNotAvailableErro
     return ModelNotAvailableError(f"{what} {source!r} {reason}: {hint}, or use --model tiny (offline)")
 
 
-def check_available(preset: ModelPreset, motion_adapter: str | None = None) -> None:
-    """Fail now, with one line, if a model cannot be had: before anything heavy happens."""
+def _looks_local(source: str) -> bool:
+    return Path(source).is_absolute() or source.startswith(".") or Path(source).exists()
+
+
+def missing_weights(preset: ModelPreset, motion_adapter: str | None = None) -> list[tuple[str, str, str]]:
+    """(source, what, reason) for each model that is neither a local directory nor in the HF cache."""
     if preset.base.startswith(BUILTIN_PREFIX):
-        return  # built locally on demand
+        return []  # built locally on demand
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
     adapter = motion_adapter or preset.motion_adapter
     if not adapter.startswith(BUILTIN_PREFIX):
         location, subfolder = _adapter_location(adapter)
         checks.append((location, "motion adapter", [f"{subfolder}/config.json" if subfolder else "config.json"]))
+    missing = []
     for source, what, files in checks:
-        looks_local = Path(source).is_absolute() or source.startswith(".") or Path(source).exists()
-        if looks_local and not Path(source).is_dir():
-            raise _not_available(source, what, "is not a directory")
-        missing = [f for f in files if _local_file(source, f) is None]
-        if not missing:
+        if _looks_local(source) and not Path(source).is_dir():
+            missing.append((source, what, "is not a directory"))
             continue
-        if looks_local:
-            raise _not_available(source, what, f"lacks {', '.join(missing)}")
+        absent = [f for f in files if _local_file(source, f) is None]
+        if absent:
+            reason = f"lacks {', '.join(absent)}" if _looks_local(source) else "is not in the Hugging Face cache"
+            missing.append((source, what, reason))
+    return missing
+
+
+def check_available(preset: ModelPreset, motion_adapter: str | None = None) -> None:
+    """Fail now, with one line, if a model cannot be had: before anything heavy happens.
+
+    A hub model that is not cached is fine while online (it will be downloaded), not offline.
+    """
+    for source, what, reason in missing_weights(preset, motion_adapter):
+        if _looks_local(source):
+            raise _not_available(source, what, reason)
         if _offline():
-            raise _not_available(source, what, "is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+            raise _not_available(source, what, reason + " and HF_HUB_OFFLINE is set")
+        if not _hub_reachable():
+            # Without this, huggingface_hub retries every file with backoff for minutes.
+            raise _not_available(source, what, reason + " and the hub cannot be reached")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub's host, so that no network fails in seconds, not minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) -> int:

@@ -191,14 +191,17 @@ class Renderer:
     """Holds one loaded pipeline and renders requests with it; concepts are applied per render."""
 
     def __init__(self, preset: ModelPreset, device: str = "auto", dtype: str = "auto",
-                 motion_adapter: str | None = None):
+                 motion_adapter: str | None = None, pipeline=None):
+        """Load the preset's pipeline, or wrap `pipeline` if one is given (already on `device`)."""
         from cdvideo.models import load_pipeline, resolve_device, resolve_dtype
 
         self.preset = preset
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.motion_adapter = motion_adapter
-        self.pipeline = load_pipeline(preset, device=self.device, dtype=self.dtype, motion_adapter=motion_adapter)
+        self.pipeline = pipeline or load_pipeline(
+            preset, device=self.device, dtype=self.dtype, motion_adapter=motion_adapter
+        )
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
 

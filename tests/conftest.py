@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated offline environment and the tiny model, built once per session."""
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_environment(tmp_path_factory):
+    """No test may download or read the user's caches: point every cache at a temporary folder."""
+    root = tmp_path_factory.mktemp("env")
+    saved = {k: os.environ.get(k) for k in ("CDVIDEO_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+    os.environ.update(
+        CDVIDEO_CACHE=str(root / "cdvideo"),
+        HF_HOME=str(root / "hf"),
+        HF_HUB_CACHE=str(root / "hf" / "hub"),
+        HF_HUB_OFFLINE="1",
+    )
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_preset():
+    from cdvideo.models import load_preset
+
+    return load_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_preset):
+    """The tiny AnimateDiff pipeline, loaded through the same code as a real model.
+
+    Shared by many tests: a test that changes it must undo the change (injection is reversible).
+    """
+    from cdvideo.models import load_pipeline
+
+    pipeline = load_pipeline(tiny_preset, device="cpu", dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_renderer(tiny_preset, tiny_pipeline):
+    """A Renderer around the shared tiny pipeline (no second load)."""
+    from cdvideo.render import Renderer
+
+    return Renderer(tiny_preset, device="cpu", dtype="float32", pipeline=tiny_pipeline)
+
+
+def kv_params(unet):
+    """Spatial cross-attention key/value weights of a UNet, by full parameter path."""
+    from cdvideo.concept import ALLOWED_PARAM
+
+    return {
+        name: param
+        for name, param in unet.named_parameters()
+        if ALLOWED_PARAM.match(name) and name.endswith((".to_k.weight", ".to_v.weight"))
+    }
+
+
+def make_concept(pipeline, seed=0, token="<new1>", class_word="dog", vectors=1, with_deltas=True, scale=0.5):
+    """A random concept that fits `pipeline`: token embedding(s) and key/value deltas."""
+    from cdvideo.concept import Concept, fingerprint_unet
+
+    generator = torch.Generator().manual_seed(seed)
+    dim = pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+    deltas = {}
+    if with_deltas:
+        for name, param in kv_params(pipeline.unet).items():
+            deltas[name] = scale * param.detach().std() * torch.randn(param.shape, generator=generator)
+    return Concept(
+        tokens={token: torch.randn(vectors, dim, generator=generator)} if token else {},
+        class_words={token: class_word} if token else {},
+        deltas=deltas,
+        base_model="builtin:tiny",
+        base_fingerprint=fingerprint_unet(pipeline.unet),
+        method="test",
+    )
