@@ -239,7 +239,7 @@ def test_missing_weights_make_only_that_metric_unavailable(tiny_models, referenc
 
 
 def test_metrics_package_never_imports_diffusers(tmp_path, tiny_models):
-    """`cdvideo eval` must run where no diffusion stack is importable."""
+    """`cdvideo eval` must run where no diffusion stack is importable (and import torch only when embedding)."""
     from cdvideo.export import write_video
 
     write_video(varied_video(frames=3), tmp_path / "clip.mp4", fps=8)
@@ -249,6 +249,7 @@ import argparse, sys
 sys.modules["diffusers"] = None  # any import of diffusers now fails loudly
 import cdvideo.metrics
 from cdvideo.cli import eval as eval_cli
+assert "torch" not in sys.modules, "importing the metrics must stay light: torch loads on first embedding"
 parser = argparse.ArgumentParser(); sub = parser.add_subparsers()
 eval_cli.add_parser(sub)
 args = parser.parse_args(["eval", {str(tmp_path / "clip.mp4")!r}, "--no-plots", *{models!r}.split()])

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval",
         help="score videos: flicker, warping error, motion, CLIP/DINO consistency and concept fidelity",
-        description=__doc__,
+        description="Score videos for temporal consistency, motion and concept fidelity; definitions in docs/metrics.md.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -158,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, names: list[str], context) -> dict:
+    """What produced the scores, written into the JSON so that runs can be compared."""
     from importlib.metadata import PackageNotFoundError, version
 
     from cdvideo import __version__
+    from cdvideo.metrics.backbones import DEFAULT_MODELS
 
     versions = {"cdvideo": __version__}
     for package in ("numpy", "torch", "transformers", "opencv-python-headless", "decord"):
@@ -175,7 +177,7 @@ def _settings(args: argparse.Namespace, names: list[str], context) -> dict:
         "flow_method": args.flow_method,
         "all_pairs": args.all_pairs,
         "identity_window": args.identity_window,
-        "models": {name: context.model_for(name) for name in names if name in _embedding_metrics()},
+        "models": {name: context.model_for(name) for name in names if name in DEFAULT_MODELS},
         "device": context.device,
         "batch_size": args.batch_size,
         "prompt": args.prompt,
@@ -183,8 +185,3 @@ def _settings(args: argparse.Namespace, names: list[str], context) -> dict:
         "versions": versions,
     }
 
-
-def _embedding_metrics():
-    from cdvideo.metrics.backbones import DEFAULT_MODELS
-
-    return DEFAULT_MODELS

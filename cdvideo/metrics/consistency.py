@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cdvideo.metrics.base import EvalContext, MetricResult, Video
 from cdvideo.metrics.embedding import video_embeddings
+
+if TYPE_CHECKING:
+    import torch
 
 
 def clip_temporal_consistency(video: Video, context: EvalContext) -> MetricResult:
@@ -15,8 +18,8 @@ def clip_temporal_consistency(video: Video, context: EvalContext) -> MetricResul
     per_pair = (features[:-1] * features[1:]).sum(-1)  # (f-1,): cos(f_t, f_t+1)
     if context.all_pairs:
         similarity = features @ features.T  # (f, f)
-        rows, cols = torch.triu_indices(len(features), len(features), offset=1)
-        value = similarity[rows, cols].mean()
+        above_diagonal = similarity.new_ones(similarity.shape).triu(diagonal=1).bool()  # each pair once
+        value = similarity[above_diagonal].mean()
     else:
         value = per_pair.mean()
     return MetricResult(
