@@ -127,9 +127,12 @@ def test_a_single_good_video_exits_zero_and_missing_weights_are_reported(tmp_pat
     assert "dino_i" in out and "unavailable: facebook/dino-vits16 is not in the local cache" in out
 
 
-def test_stride_and_max_frames_choose_the_scored_frames(tmp_path):
+def test_stride_and_max_frames_choose_the_scored_frames(tmp_path, capsys):
     write_video(varied_video(frames=10), tmp_path / "v.mp4", fps=8)
-    run_eval(tmp_path / "v.mp4", "--metrics", "temporal_flickering", "--stride", 3, "--max-frames", 3, "--json", tmp_path / "s.json")
+    run_eval(tmp_path / "v.mp4", "--metrics", "temporal_flickering,dynamic_degree", "--stride", 3, "--max-frames", 3, "--json", tmp_path / "s.json", "--per-pair")
+    out = capsys.readouterr().out
+    assert "dynamic_degree [top-5% flow, pixels]" in out  # per-pair table, its unit named
+    assert "\n0-1 " in out and "\n1-2 " in out and "\n2-3 " not in out
     video = json.loads((tmp_path / "s.json").read_text())["videos"][0]
     assert video["frames"] == 3  # frames 0, 3, 6
     assert len(video["metrics"]["temporal_flickering"]["per_pair"]) == 2

@@ -45,6 +45,7 @@ def dynamic_degree(video: Video, context: EvalContext) -> MetricResult:
             "threshold_pixels": threshold,
             "moving_pairs": int(moving),
             "required_pairs": int(required),
+            "per_pair_unit": "top-5% flow, pixels",
             "range": "1 = dynamic, 0 = static; its mean over videos is VBench's dynamic degree",
         },
     )

@@ -35,12 +35,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def _number(value: float) -> str:
+    # Fixed 4 decimals read best in a column, but would print small warping errors as 0.0000.
+    if value != value:
+        return "nan"
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3e}"
+
+
 def _cell(result: MetricResult | Unavailable | None) -> str:
     if result is None:
         return ""
     if isinstance(result, Unavailable):
         return "n/a"
-    return "nan" if result.value != result.value else f"{result.value:.4f}"
+    return _number(result.value)
 
 
 def _note(result: MetricResult | Unavailable) -> str:
@@ -71,14 +78,15 @@ def format_video(scores: VideoScores, per_pair: bool = False) -> str:
     title = f"{scores.video}  ({scores.num_frames} frames, {w}x{h})"
     rows = [[name, _cell(result), _note(result)] for name, result in scores.metrics.items()]
     text = f"{title}\n{_table(['metric', 'value', 'notes'], rows)}"
+    # A per-pair value can differ in kind from the video's value (dynamic_degree: pixels vs 0/1).
     pair_metrics = {
-        name: result.per_pair
+        name + (f" [{result.details['per_pair_unit']}]" if "per_pair_unit" in result.details else ""): result.per_pair
         for name, result in scores.metrics.items()
         if isinstance(result, MetricResult) and result.per_pair is not None
     }
     if per_pair and pair_metrics:
         pair_rows = [
-            [f"{t}-{t + 1}", *(("nan" if v[t] != v[t] else f"{v[t]:.4f}") for v in pair_metrics.values())]
+            [f"{t}-{t + 1}", *(_number(values[t]) for values in pair_metrics.values())]
             for t in range(len(next(iter(pair_metrics.values()))))
         ]
         text += "\n\n" + _table(["pair", *pair_metrics], pair_rows)
@@ -88,7 +96,7 @@ def format_video(scores: VideoScores, per_pair: bool = False) -> str:
 def format_aggregate(summary: dict[str, dict[str, Any]], total: int, failed: int) -> str:
     """The run's table: each metric's mean over the videos that have it."""
     rows = [
-        [name, "" if s["mean"] is None else f"{s['mean']:.4f}", f"{s['videos']}/{total}"] for name, s in summary.items()
+        [name, "" if s["mean"] is None else _number(s["mean"]), f"{s['videos']}/{total}"] for name, s in summary.items()
     ]
     title = f"aggregate over {total - failed} of {total} videos" + (f" ({failed} failed)" if failed else "")
     return f"{title}\n{_table(['metric', 'mean', 'videos'], rows)}"
