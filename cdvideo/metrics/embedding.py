@@ -26,7 +26,9 @@ def embed_images(backbone: Backbone, images: Sequence[np.ndarray], batch_size: i
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = list(images[start : start + batch_size])
-        pixels = backbone.processor(images=batch, return_tensors="pt")["pixel_values"]  # (b, 3, H, W)
+        # Channels-last stated, not guessed: the processor's guess fails on images 3 pixels high or wide.
+        pixels = backbone.processor(images=batch, return_tensors="pt", input_data_format="channels_last")
+        pixels = pixels["pixel_values"]  # (b, 3, H, W)
         pixels = pixels.to(backbone.device, dtype=next(backbone.model.parameters()).dtype)
         with torch.no_grad():
             if backbone.kind == "clip":
