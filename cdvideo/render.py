@@ -51,9 +51,10 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
         "scheduler": preset.scheduler,
         "seed": random.SystemRandom().randrange(0, 2**63),
     }
-    return dataclasses.replace(
-        settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None}
-    )
+    resolved = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
+    # Absolute concept paths: the sidecar then repeats the render from any working directory.
+    resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
+    return resolved
 
 
 def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.PathLike | None = None) -> None:

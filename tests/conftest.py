@@ -1,9 +1,13 @@
 """Shared fixtures: an isolated offline environment and the tiny model, built once per session."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+
+EXAMPLE_CONCEPT = str(Path(__file__).resolve().parent.parent / "examples" / "tiny-dog.safetensors")
 
 
 @pytest.fixture(scope="session", autouse=True)
