@@ -16,7 +16,7 @@ from cdvideo.errors import CdVideoError
 
 # Module names under cdvideo.cli, in the order `cdvideo --help` lists them. A subcommand is
 # added by writing its module and naming it here.
-SUBCOMMANDS = ["render", "concept", "eval", "env"]
+SUBCOMMANDS = ["render", "batch", "concept", "motion", "train", "eval", "env"]
 
 
 def build_parser() -> argparse.ArgumentParser:
