@@ -34,6 +34,15 @@ _SETTING_FLAGS = {
 }
 
 
+def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
+    """The RenderSettings flags, shared with `cdvideo batch` (which takes prompt and seed from a file)."""
+    for field, (kind, help) in _SETTING_FLAGS.items():
+        if field in skip:
+            continue
+        # Defaults stay None so that only flags the user gave override a sidecar (--from) or prompt file.
+        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, help=help)
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "render",
@@ -42,9 +51,7 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for field, (kind, help) in _SETTING_FLAGS.items():
-        # Defaults stay None so that only flags the user gave override a sidecar (--from).
-        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, help=help)
+    add_setting_flags(parser)
     parser.add_argument(
         "--concept", dest="concepts", action="append", default=None, metavar="FILE[:STRENGTH]",
         help="concept file, repeatable; ':0.8' scales its key/value changes",
