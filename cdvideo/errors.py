@@ -31,3 +31,15 @@ class InputFileError(CdVideoError, OSError):
 
 class VideoIOError(CdVideoError, OSError):
     """A video could not be written or read."""
+
+
+class UnsafeFileError(CdVideoError, ValueError):
+    """A pickle file needs code to load; cdvideo only reads plain tensors (design decision 3)."""
+
+
+class WrongFileKindError(CdVideoError, ValueError):
+    """A file is of another kind than the one asked for (a LoRA given as a concept, ...)."""
+
+
+class OutputLockedError(CdVideoError, OSError):
+    """Another process is writing to the same output folder (a second `cdvideo batch`)."""

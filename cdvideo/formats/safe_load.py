@@ -1,0 +1,96 @@
+"""Read weight files without ever running code from them (design decision 3).
+
+Files from other tools come as safetensors or as PyTorch pickles, and their names lie: the
+ClassDiffusion script writes safetensors content under a `.bin` name. The format is therefore
+read from the first bytes, not the extension. Pickles are opened with
+`torch.load(weights_only=True)` only: a pickle that needs code (a training-config object, a
+custom class) is refused with a message suggesting safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+from cdvideo.errors import InputFileError, UnsafeFileError
+
+SAFETENSORS = "safetensors"
+TORCH_ZIP = "torch-zip"  # torch.save's default format since PyTorch 1.6
+TORCH_LEGACY = "torch-legacy"  # the older plain-pickle torch.save format
+
+
+def container_format(path: str | os.PathLike) -> str:
+    """`safetensors`, `torch-zip` or `torch-legacy`, from the file's first bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return TORCH_ZIP
+    if head[:1] == b"\x80":  # pickle protocol marker
+        return TORCH_LEGACY
+    if len(head) == 9:
+        # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8:
+            return SAFETENSORS
+    raise InputFileError(
+        f"{path}: neither a safetensors file nor a PyTorch checkpoint (corrupt, truncated, or another format)"
+    )
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file, read without loading any tensor."""
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_len))
+    return header.get("__metadata__") or {}
+
+
+def safetensors_keys(path: str | os.PathLike) -> list[str]:
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_len))
+    return [k for k in header if k != "__metadata__"]
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a pickle that needs code is an UnsafeFileError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"file not found: {path}")
+    # Memory-map zip checkpoints: a pickled embedding row may drag its whole 150 MB table along.
+    mmap = container_format(path) == TORCH_ZIP
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        detail = str(error).strip().splitlines()
+        culprit = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), "")
+        raise UnsafeFileError(
+            f"{path}: refused, this pickle needs code to load ({culprit or 'not plain tensors'}); "
+            "cdvideo only reads plain tensors: get or make a .safetensors version of it"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputFileError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from error
+
+
+def read_weights(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
+    """The contents of a weight file (a dict, possibly nested for pickles) and its safetensors metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if container_format(path) == SAFETENSORS:
+        try:
+            return load_file(str(path)), safetensors_metadata(path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise InputFileError(f"{path}: not a readable safetensors file (corrupt or truncated?): {error}") from error
+    return safe_torch_load(path), {}
