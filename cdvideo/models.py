@@ -165,13 +165,14 @@ def _looks_local(source: str) -> bool:
     return Path(source).is_absolute() or source.startswith(".") or Path(source).exists()
 
 
-def missing_weights(preset: ModelPreset, motion_adapter: str | None = None) -> list[tuple[str, str, str]]:
+def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
+                    base_only: bool = False) -> list[tuple[str, str, str]]:
     """(source, what, reason) for each model that is neither a local directory nor in the HF cache."""
     if preset.base.startswith(BUILTIN_PREFIX):
         return []  # built locally on demand
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
     adapter = motion_adapter or preset.motion_adapter
-    if not adapter.startswith(BUILTIN_PREFIX):
+    if not base_only and not adapter.startswith(BUILTIN_PREFIX):
         location, subfolder = _adapter_location(adapter)
         checks.append((location, "motion adapter", [f"{subfolder}/config.json" if subfolder else "config.json"]))
     missing = []
@@ -186,12 +187,13 @@ def missing_weights(preset: ModelPreset, motion_adapter: str | None = None) -> l
     return missing
 
 
-def check_available(preset: ModelPreset, motion_adapter: str | None = None) -> None:
+def check_available(preset: ModelPreset, motion_adapter: str | None = None, base_only: bool = False) -> None:
     """Fail now, with one line, if a model cannot be had: before anything heavy happens.
 
     A hub model that is not cached is fine while online (it will be downloaded), not offline.
+    `base_only` checks the base model alone (training needs no motion adapter).
     """
-    for source, what, reason in missing_weights(preset, motion_adapter):
+    for source, what, reason in missing_weights(preset, motion_adapter, base_only):
         if _looks_local(source):
             raise _not_available(source, what, reason)
         if _offline():
@@ -289,3 +291,33 @@ def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: st
         scheduler=schedule,
     )
     return pipeline.to(device)
+
+
+def load_training_components(preset: ModelPreset, *, device: str, dtype) -> dict:
+    """The 2D parts of the preset's base model that training needs, on `device` in `dtype`.
+
+    Returns unet (UNet2DConditionModel), vae, text_encoder, tokenizer and noise_scheduler (DDPM with
+    the base model's training schedule); the motion adapter is not loaded.
+    """
+    check_available(preset, base_only=True)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = resolve_source(preset.base)
+    kwargs = dict(local_files_only=_offline())
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
+        noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _not_available(preset.base, "model", f"could not be loaded ({first_line})") from error
+    return dict(
+        unet=unet.to(device),
+        vae=vae.to(device),
+        text_encoder=text_encoder.to(device),
+        tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler,
+    )

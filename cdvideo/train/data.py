@@ -1,0 +1,174 @@
+"""Training data: image folders, Custom Diffusion's random-rescale augmentation, and a resumable sampler.
+
+Every random choice draws from one `torch.Generator` that the loop owns and checkpoints, so a
+resumed run sees exactly the images, crops and prompts an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdvideo.errors import InputFileError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Below this many photos personalization tends to copy the photos rather than learn the subject.
+FEW_IMAGES = 3
+# Custom Diffusion: shrink to 1/3..1x of the canvas with this probability, else enlarge 1.2..1.4x.
+SHRINK_PROBABILITY = 0.66
+SMALL_PREFIXES = ("a far away ", "very small ")
+LARGE_PREFIXES = ("zoomed in ", "close up ")
+
+
+def load_image_folder(folder: str | Path, what: str = "images") -> list:
+    """Every image in `folder` as RGB PIL images, sorted by name; one-line errors for bad folders or files."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputFileError(f"{what} folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise InputFileError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputFileError(f"cannot read image {path}: {error}".splitlines()[0]) from error
+    return images
+
+
+def warn_if_few(images: list, folder: str) -> None:
+    if len(images) < FEW_IMAGES:
+        warnings.warn(
+            f"{folder} holds only {len(images)} image(s); {FEW_IMAGES} or more (ideally 4-6) learn the subject "
+            "rather than copying the photos",
+            stacklevel=2,
+        )
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """An integer in [low, high), as numpy's randint, from the run's generator."""
+    return int(torch.randint(low, high, (1,), generator=generator))
+
+
+def _uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def to_tensor(image) -> torch.Tensor:
+    """PIL RGB -> (3, h, w) float32 in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (h, w, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def random_rescale(image, prompt: str, size: int, generator: torch.Generator, augment: bool = True,
+                   hflip: bool = True, latent_factor: int = 8) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Implements Custom Diffusion's training augmentation (Kumari et al., 2023): random rescale, mask, prompt prefix.
+
+    Returns the image (3, size, size) in [-1, 1], the valid-region mask (1, size/8, size/8) in
+    latent resolution, and the prompt with a size prefix when the subject became small or large.
+    A shrunken image sits on a black canvas; its mask leaves out a one-latent-pixel border so the
+    loss never sees the canvas edge.
+    """
+    from PIL import Image
+
+    if hflip and _uniform(generator) < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    scale = size
+    if augment:
+        if _uniform(generator) < SHRINK_PROBABILITY:
+            scale = _randint(generator, size // 3, size + 1)
+        else:
+            scale = _randint(generator, int(1.2 * size), int(1.4 * size))
+    scale += scale % 2
+    if scale < 0.6 * size:
+        prompt = SMALL_PREFIXES[_randint(generator, 0, 2)] + prompt
+    elif scale > size:
+        prompt = LARGE_PREFIXES[_randint(generator, 0, 2)] + prompt
+
+    resized = to_tensor(image.resize((scale, scale), resample=Image.BILINEAR))  # (3, scale, scale)
+    latent = size // latent_factor
+    if scale > size:
+        top, left = _randint(generator, 0, scale - size + 1), _randint(generator, 0, scale - size + 1)
+        pixels = resized[:, top : top + size, left : left + size]
+        mask = torch.ones(1, latent, latent)
+    else:
+        top, left = _randint(generator, 0, size - scale + 1), _randint(generator, 0, size - scale + 1)
+        pixels = torch.zeros(3, size, size)
+        pixels[:, top : top + scale, left : left + scale] = resized
+        mask = torch.zeros(1, latent, latent)
+        if scale == size:
+            mask[:] = 1.0
+        else:
+            f = latent_factor
+            mask[:, top // f + 1 : (top + scale) // f - 1, left // f + 1 : (left + scale) // f - 1] = 1.0
+    return pixels, mask, prompt
+
+
+@dataclass
+class Example:
+    """One training image with what it teaches: the prompt that names it and its concept's index."""
+
+    image: object  # PIL RGB
+    prompt: str
+    concept: int
+
+
+class EpochSampler:
+    """Draws batches from a list in random epoch order; its state (order, cursor) is checkpointed."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size = size
+        self.generator = generator
+        self.order = torch.randperm(size, generator=generator)
+        self.cursor = 0
+
+    def next_indices(self, count: int) -> list[int]:
+        indices = []
+        for _ in range(count):
+            if self.cursor == self.size:
+                self.order = torch.randperm(self.size, generator=self.generator)
+                self.cursor = 0
+            indices.append(int(self.order[self.cursor]))
+            self.cursor += 1
+        return indices
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"order": self.order.clone(), "cursor": torch.tensor(self.cursor)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.order = state["order"].clone()
+        self.cursor = int(state["cursor"])
+
+
+def make_batch(examples: list[Example], indices: list[int], size: int, generator: torch.Generator,
+               augment: bool, hflip: bool) -> dict:
+    """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/8, s/8), prompts, concept indices."""
+    pixels, masks, prompts = [], [], []
+    for index in indices:
+        example = examples[index]
+        image, mask, prompt = random_rescale(example.image, example.prompt, size, generator, augment, hflip)
+        pixels.append(image)
+        masks.append(mask)
+        prompts.append(prompt)
+    return {
+        "pixels": torch.stack(pixels),
+        "masks": torch.stack(masks),
+        "prompts": prompts,
+        "concepts": [examples[i].concept for i in indices],
+    }
+
+
+def plain_batch(images: list, prompts: list[str], size: int) -> dict:
+    """Images resized to the training size without augmentation (held-out scoring, class images)."""
+    from PIL import Image
+
+    pixels = torch.stack([to_tensor(im.resize((size, size), resample=Image.BILINEAR)) for im in images])
+    return {"pixels": pixels, "masks": torch.ones(len(images), 1, size // 8, size // 8), "prompts": list(prompts)}

@@ -1,0 +1,419 @@
+"""The training loop: image folders -> ClassDiffusion tuning -> a concept file, as one linear function.
+
+    result = train(TrainConfig(concepts=[ConceptData("data/dog", "dog")], out="dog.safetensors"))
+
+Trained: the new tokens' embedding rows, and the spatial cross-attention to_k/to_v (plus to_q/to_out
+with train="crossattn"). Everything else is frozen. Every random draw comes from one generator per
+process, checkpointed with the optimizer, so `resume` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
+from cdvideo.errors import ConfigError
+from cdvideo.train import checkpoints as ckpt
+from cdvideo.train.config import TrainConfig
+from cdvideo.train.data import EpochSampler, Example, load_image_folder, make_batch, plain_batch, warn_if_few
+from cdvideo.train.losses import eos_positions, masked_diffusion_loss, spl_loss, text_features
+from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
+
+LOG_COLUMNS = ["step", "loss", "diffusion", "prior", "spl", "lr"]
+TRAINABLE = {"kv": ("to_k", "to_v"), "crossattn": ("to_k", "to_v", "to_q", "to_out.0")}
+
+
+class NewTokenEmbedding(nn.Module):
+    """The text encoder's embedding table, frozen, followed by trainable rows for the new tokens.
+
+    Only `new_rows` can receive gradient, so every other row stays bit-identical by construction,
+    and the optimizer holds state for k rows instead of the whole 49,408-row table.
+    """
+
+    def __init__(self, base: nn.Embedding, new_rows: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.first_new_id = base.num_embeddings
+        self.new_rows = nn.Parameter(new_rows.clone())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_new = input_ids >= self.first_new_id  # (b, n)
+        old = self.base(input_ids.masked_fill(is_new, 0))  # (b, n, d)
+        new = self.new_rows[(input_ids - self.first_new_id).clamp(min=0)]  # (b, n, d)
+        return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)
+
+
+@dataclass
+class TrainResult:
+    concept: Path
+    output_dir: Path
+    step: int  # the step the concept's weights come from
+    scores: dict[int, float] = field(default_factory=dict)
+    video: Path | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def trainable_param_names(unet: nn.Module, mode: str) -> list[str]:
+    """Full paths of the spatial cross-attention projections `mode` trains."""
+    pattern = re.compile(r"\.attn2\.(" + "|".join(re.escape(p) for p in TRAINABLE[mode]) + r")\.")
+    names = [n for n, _ in unet.named_parameters() if ALLOWED_PARAM.match(n) and pattern.search(n)]
+    if not names:
+        raise ConfigError("the UNet has no spatial cross-attention projections to train")
+    return names
+
+
+def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)  # (b, 77)
+
+
+def train(config: TrainConfig, progress: bool = True, components: dict | None = None) -> TrainResult:
+    """Run one ClassDiffusion tuning and write the concept file; see the module docstring.
+
+    `components` (as `load_training_components` returns them) skips loading; they are trained in
+    place, which lets tests and benchmarks inspect them afterwards.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from cdvideo.models import check_available, load_preset, load_training_components, resolve_device
+
+    # 1. Check inputs: settings, image folders and the model's availability, before anything loads.
+    config.check()
+    preset = load_preset(config.model)
+    config = dataclasses.replace(config, resolution=config.resolution or preset.height)
+    out = Path(config.out)
+    output_dir = Path(config.output_dir or out.with_name(out.stem + "-train"))
+    config.output_dir = str(output_dir)
+    size, tokens = config.resolution, config.tokens()
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        warnings.warn(message, stacklevel=3)
+
+    instance_images = []
+    for concept in config.concepts:
+        images = load_image_folder(concept.images)
+        warn_if_few(images, concept.images)
+        instance_images.append(images)
+    heldout_images = [[] for _ in config.concepts]
+    if config.keep == "best" and config.holdout:
+        for i, images in enumerate(instance_images):
+            if len(images) > config.holdout:
+                heldout_images[i], instance_images[i] = images[-config.holdout:], images[: -config.holdout]
+            else:
+                say(f"{config.concepts[i].images}: too few images to hold {config.holdout} out for scoring; "
+                    "checkpoints are scored on training images")
+    if config.device != "auto":
+        resolve_device(config.device)
+    check_available(preset, base_only=not config.validation_video)
+    resume_from = None
+    if config.resume:
+        found = ckpt.list_checkpoints(output_dir)
+        if not found:
+            raise ConfigError(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}")
+        resume_from = found[-1]
+        from cdvideo.config import read_yaml
+
+        ckpt.check_resumable(read_yaml(output_dir / "config.yaml"), config.to_dict(), output_dir / "config.yaml")
+
+    # 2. Processes, devices and precision (accelerate launch shards the work across GPUs).
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    device, rank = accelerator.device, accelerator.process_index
+    generator = torch.Generator().manual_seed(config.seed + rank)
+
+    # 3. Load the 2D model and check the tokens against its vocabulary.
+    parts = components or load_training_components(preset, device=str(device), dtype=torch.float32)
+    unet, vae, text_encoder, tokenizer, noise_scheduler = (
+        parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["noise_scheduler"])
+    vocab = tokenizer.get_vocab()
+    for token, concept in zip(tokens, config.concepts):
+        if token in vocab:
+            raise ConfigError(f"token {token} already exists in the tokenizer's vocabulary: choose another with --token")
+        pieces = tokenizer.tokenize(concept.class_word)
+        if len(pieces) != 1:
+            say(f"class word {concept.class_word!r} is {len(pieces)} tokens ({' '.join(pieces)}), not one: "
+                "SPL still works, but the class feature is less specific")
+    init_ids = tokenizer.encode(config.initializer_token, add_special_tokens=False)
+    if not init_ids:
+        raise ConfigError(f"initializer_token {config.initializer_token!r} tokenizes to nothing")
+    table = text_encoder.get_input_embeddings()
+    if len(tokenizer) != table.num_embeddings:
+        raise ConfigError(f"tokenizer ({len(tokenizer)}) and text encoder ({table.num_embeddings}) sizes differ")
+    base_fingerprint = fingerprint_unet(unet)
+
+    # 4. Class images for prior preservation, made by the base model before anything changes.
+    class_examples: list[Example] = []
+    if config.with_prior_preservation:
+        for i, concept in enumerate(config.concepts):
+            folder = Path(concept.class_images or output_dir / "class_images" / f"{i + 1}-{concept.class_word}")
+            have = sorted(folder.glob("*.png")) if folder.is_dir() else []
+            if not concept.class_images and len(have) < config.num_class_images and accelerator.is_main_process:
+                samples = sample_images(parts, f"a photo of a {concept.class_word}", size, preset.steps,
+                                        count=config.num_class_images - len(have))
+                from PIL import Image
+
+                folder.mkdir(parents=True, exist_ok=True)
+                for j, sample in enumerate(samples, start=len(have)):
+                    Image.fromarray(sample).save(folder / f"{j:04d}.png")
+            accelerator.wait_for_everyone()
+            class_examples += [Example(im, f"a photo of a {concept.class_word}", i)
+                               for im in load_image_folder(folder, "class images")]
+
+    # 5. Add the new tokens (initialised from the rare token) and choose what trains.
+    tokenizer.add_tokens(tokens)
+    init_row = table.weight.detach()[init_ids].mean(dim=0)  # a multi-piece initializer: the mean of its pieces
+    embedding = NewTokenEmbedding(table, init_row.repeat(len(tokens), 1))  # (k, d)
+    text_encoder.set_input_embeddings(embedding)
+    for model in (unet, vae, text_encoder):
+        model.requires_grad_(False)
+    embedding.new_rows.requires_grad_(True)
+    names = trainable_param_names(unet, config.train)
+    params = dict(unet.named_parameters())
+    for name in names:
+        params[name].requires_grad_(True)
+    base_weights = {name: params[name].detach().clone() for name in names}
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+    unet.train()
+    text_encoder.train()
+    if config.mixed_precision != "no":  # frozen parts in half precision; trained ones stay float32
+        vae.to(torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16)
+
+    # 6. Optimizer: AdamW, learning rate scaled by the effective batch.
+    learning_rate = config.learning_rate
+    if config.scale_lr:
+        learning_rate *= config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    optimizer = torch.optim.AdamW(
+        [embedding.new_rows] + [params[n] for n in names], lr=learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+    )
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+
+    # 7. Data, the fixed SPL class features, and the scorer.
+    examples = [Example(im, f"photo of a {tokens[i]} {c.class_word}", i)
+                for i, (c, images) in enumerate(zip(config.concepts, instance_images)) for im in images]
+    sampler = EpochSampler(len(examples), generator)
+    class_sampler = EpochSampler(len(class_examples), generator) if class_examples else None
+    eos_id = tokenizer.eos_token_id
+    token_phrase_ids = _tokenize(tokenizer, [f"a photo of a {t} {c.class_word}" for t, c in zip(tokens, config.concepts)], device)
+    with torch.no_grad():
+        class_ids = _tokenize(tokenizer, [f"a photo of a {c.class_word}" for c in config.concepts], device)
+        class_features = text_features(text_encoder, class_ids, eos_id, config.spl_pooling)  # (k, d)
+    has_heldout = any(heldout_images)
+    scorer, note = choose_scorer(config.score, str(device), has_heldout) if config.keep == "best" else (None, None)
+    if note:
+        say(note)
+    scored = [(im, f"photo of a {tokens[i]} {config.concepts[i].class_word}")
+              for i, group in enumerate(heldout_images if has_heldout else instance_images) for im in group]
+    score_batch = plain_batch([im for im, _ in scored], [prompt for _, prompt in scored], size)
+    references = [np.asarray(im) for group in instance_images for im in group]  # for CLIP-I / DINO-I
+    validation_prompt = config.validation_prompt or " and ".join(f"a {t} {c.class_word}" for t, c in zip(tokens, config.concepts))
+
+    # 8. Resume: weights, optimizer, RNG and sampler exactly as they were saved.
+    step = 0
+    if resume_from is not None:
+        trained, rows = ckpt.load_trainable(resume_from)
+        with torch.no_grad():
+            for name in names:
+                params[name].copy_(trained[name])
+            embedding.new_rows.copy_(rows)
+        optimizer_state = ckpt.load_optimizer_state(resume_from)
+        optimizer.load_state_dict(optimizer_state["optimizer"])
+        if accelerator.scaler is not None and "scaler" in optimizer_state:
+            accelerator.scaler.load_state_dict(optimizer_state["scaler"])
+        rng = ckpt.load_rng(resume_from, rank)
+        generator.set_state(rng["generator"])
+        sampler.load_state_dict({"order": rng["order"], "cursor": rng["cursor"]})
+        if class_sampler is not None:
+            class_sampler.load_state_dict({"order": rng["class_order"], "cursor": rng["class_cursor"]})
+        step = ckpt.read_state(resume_from)["step"]
+    scores = {ckpt.read_state(c)["step"]: ckpt.read_state(c)["score"] for c in ckpt.list_checkpoints(output_dir)
+              if resume_from is not None and ckpt.read_state(c)["score"] is not None}
+
+    # 9. The resolved config and the loss log beside the outputs.
+    log_path = output_dir / "loss.csv"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(config, output_dir / "config.yaml")
+        rows_kept = _read_log(log_path, up_to=step) if resume_from is not None else []
+        with open(log_path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(LOG_COLUMNS)
+            writer.writerows(rows_kept)
+
+    # 10. Train.
+    bar = tqdm(total=config.steps, initial=step, desc="training", disable=not (progress and accelerator.is_main_process))
+    started = time.perf_counter()
+    while step < config.steps:
+        totals = dict.fromkeys(LOG_COLUMNS[1:5], 0.0)
+        for _ in range(config.gradient_accumulation_steps):
+            with accelerator.accumulate(unet, text_encoder):
+                batch = make_batch(examples, sampler.next_indices(config.batch_size), size, generator,
+                                   config.augment, config.hflip)
+                pixels, prompts = batch["pixels"], batch["prompts"]
+                n = len(prompts)
+                if class_sampler is not None:
+                    chosen = [class_examples[i] for i in class_sampler.next_indices(n)]
+                    prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size)
+                    pixels, prompts = torch.cat([pixels, prior["pixels"]]), prompts + prior["prompts"]
+                # Encode, noise, predict: the standard epsilon/v-prediction training step.
+                with torch.no_grad():
+                    latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.sample(generator)
+                    latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8)
+                noise = torch.randn(latents.shape, generator=generator).to(device)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                          generator=generator).to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
+                ids = torch.cat([_tokenize(tokenizer, prompts, device), token_phrase_ids])  # (b + k, 77)
+                hidden = text_encoder(ids)[0]  # (b + k, 77, d)
+                prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
+                target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
+                    noise_scheduler.get_velocity(latents, noise, timesteps)
+                diffusion = masked_diffusion_loss(prediction[:n], target[:n], batch["masks"].to(device))
+                prior_loss = masked_diffusion_loss(prediction[n:], target[n:], torch.ones_like(target[n:, :1])) \
+                    if class_sampler is not None else torch.zeros((), device=device)
+                positions = eos_positions(token_phrase_ids, eos_id, config.spl_pooling)
+                token_features = hidden[len(prompts):][torch.arange(len(tokens)), positions]  # (k, d)
+                spl = spl_loss(token_features, class_features)
+                loss = diffusion + config.prior_loss_weight * prior_loss + config.spl_weight * spl
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in zip(LOG_COLUMNS[1:5], (loss, diffusion, prior_loss, spl)):
+                totals[key] += float(value.detach()) / config.gradient_accumulation_steps
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}", spl=f"{totals['spl']:.4f}")
+        if not all(math.isfinite(v) for v in totals.values()):
+            raise ConfigError(f"the loss became {totals['loss']} at step {step}: lower --learning-rate "
+                              "or use --mixed-precision no")
+        if accelerator.is_main_process:
+            with open(log_path, "a", newline="") as handle:
+                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOG_COLUMNS[1:5]] + [f"{learning_rate:.3g}"])
+
+        # Checkpoint (and score) every checkpoint_every steps and at the end.
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            accelerator.wait_for_everyone()
+            score = None
+            model = accelerator.unwrap_model(unet)
+            encoder = accelerator.unwrap_model(text_encoder)
+            if scorer is not None and accelerator.is_main_process:
+                score = _score(scorer, dict(parts, unet=model, text_encoder=encoder), score_batch, validation_prompt,
+                               references, size, preset.steps, str(device), output_dir / "samples" / f"step-{step:06d}")
+                scores[step] = score
+            rng = {"generator": generator.get_state(), **sampler.state_dict()}
+            if class_sampler is not None:
+                state = class_sampler.state_dict()
+                rng.update(class_order=state["order"], class_cursor=state["cursor"])
+            optimizer_state = {"optimizer": optimizer.state_dict()}
+            if accelerator.scaler is not None:
+                optimizer_state["scaler"] = accelerator.scaler.state_dict()
+            model_params = dict(model.named_parameters())
+            ckpt.save_checkpoint(
+                ckpt.checkpoint_dir(output_dir, step), step=step, trainable={n: model_params[n] for n in names},
+                token_rows=encoder.get_input_embeddings().new_rows, optimizer_state=optimizer_state,
+                is_main=accelerator.is_main_process, rank=rank, rng=rng, score=score,
+                score_name=scorer.name if scorer else "")
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                ckpt.prune_checkpoints(output_dir, config.keep, _best(output_dir, scores, scorer))
+    bar.close()
+    train_seconds = time.perf_counter() - started
+
+    # 11. The concept file: the best checkpoint's weights (keep: best) or the final ones, as deltas.
+    result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages)
+    if not accelerator.is_main_process:
+        return result
+    best = _best(output_dir, scores, scorer) if config.keep == "best" else None
+    chosen = best or ckpt.checkpoint_dir(output_dir, step)
+    trained, rows = ckpt.load_trainable(chosen)
+    result.step = ckpt.read_state(chosen)["step"]
+    concept = Concept(
+        tokens={token: rows[i : i + 1].clone() for i, token in enumerate(tokens)},  # (1, d) each
+        class_words={token: c.class_word for token, c in zip(tokens, config.concepts)},
+        deltas={name: trained[name] - base_weights[name].float().cpu() for name in names},
+        base_model=preset.base,
+        base_fingerprint=base_fingerprint,
+        method="classdiffusion" if config.spl_weight > 0 else "custom_diffusion",
+        training={
+            "steps": result.step, "learning_rate": learning_rate, "batch_size": config.batch_size,
+            "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
+            "spl_pooling": config.spl_pooling, "train": config.train, "resolution": size, "seed": config.seed,
+            "images": [len(g) for g in instance_images], "prior_preservation": config.with_prior_preservation,
+            "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
+            "train_seconds": round(train_seconds, 2),
+        },
+    )
+    save_concept(concept, out)
+
+    # 12. A short validation video with the motion module, from the concept file just written.
+    if config.validation_video:
+        del unet, text_encoder, vae, parts, optimizer
+        from cdvideo.config import ConceptSpec, RenderSettings
+        from cdvideo.render import render_to_file
+
+        settings = RenderSettings(prompt=validation_prompt, model=config.model, seed=config.seed,
+                                  concepts=[ConceptSpec(str(out))], device=config.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
+            result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
+    return result
+
+
+def _score(scorer, components: dict, batch: dict, prompt: str, references: list, size: int, steps: int,
+           device: str, samples_dir: Path) -> float:
+    """One checkpoint's score; validation samples are saved under samples/ when they are made."""
+    if scorer.name in ("clip_i", "dino_i"):
+        from PIL import Image
+
+        samples = sample_images(components, prompt, size, steps)
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        for i, sample in enumerate(samples):
+            Image.fromarray(sample).save(samples_dir / f"{i}.png")
+        return fidelity(scorer, samples, references, device)
+    return diffusion_loss_at_fixed_noise(components["unet"], components["vae"], components["text_encoder"],
+                                         components["tokenizer"], components["noise_scheduler"], batch, device)
+
+
+def _best(output_dir: Path, scores: dict[int, float], scorer) -> Path | None:
+    present = {s: v for s, v in scores.items() if ckpt.checkpoint_dir(output_dir, s).is_dir() and v is not None}
+    if scorer is None or not present:
+        return None
+    pick = max if scorer.higher_is_better else min
+    return ckpt.checkpoint_dir(output_dir, pick(present, key=present.get))
+
+
+def _write_config(config: TrainConfig, path: Path) -> None:
+    import yaml
+
+    from cdvideo.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _read_log(path: Path, up_to: int) -> list[list[str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    return [row for row in rows if row and int(row[0]) <= up_to]

@@ -1,0 +1,50 @@
+"""ClassDiffusion's two losses: masked noise-prediction MSE and the semantic preservation loss (SPL)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Implements Custom Diffusion's masked noise-prediction MSE (Kumari et al., 2023), per valid latent value.
+
+    prediction, target: (b, c, h, w); mask: (b, 1, h, w), 1 where the rescaled image is.
+    Each example's error is averaged over its valid region, then over the batch.
+    """
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (b, c, h, w)
+    mask = mask.to(error.dtype).expand_as(error)
+    return ((error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)).mean()
+
+
+def eos_positions(input_ids: torch.Tensor, eos_token_id: int, pooling: str = "eos") -> torch.Tensor:
+    """The position whose feature stands for each text: (b, n) ids -> (b,) positions.
+
+    eos: the first end-of-text token (padding may repeat it), as CLIP defines its text feature.
+    legacy: the largest token id, which is what transformers does when a config says
+    eos_token_id 2 (SD 1.5's does); after adding <new1> (the largest id) that is the new token.
+    """
+    if pooling == "eos":
+        is_eos = input_ids == eos_token_id
+        if not bool(is_eos.any(dim=1).all()):
+            raise ValueError(f"a text has no end-of-text token (id {eos_token_id}); was it truncated?")
+        return is_eos.int().argmax(dim=1)
+    if pooling == "legacy":
+        return input_ids.argmax(dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose eos or legacy")
+
+
+def text_features(text_encoder, input_ids: torch.Tensor, eos_token_id: int, pooling: str = "eos") -> torch.Tensor:
+    """The text encoder's final-layer-norm hidden state at the pooled position, (b, d); no projection."""
+    hidden = text_encoder(input_ids)[0]  # (b, n, d), after the final layer norm
+    positions = eos_positions(input_ids, eos_token_id, pooling).to(hidden.device)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]  # (b, d)
+
+
+def spl_loss(token_features: torch.Tensor, class_features: torch.Tensor) -> torch.Tensor:
+    """Implements the semantic preservation loss of ClassDiffusion (Huang et al., 2025): mean of 1 - cos.
+
+    token_features: (k, d) for "a photo of a <newK> dog"; class_features: (k, d) for "a photo of a dog";
+    averaged over the k concepts trained together.
+    """
+    return (1 - F.cosine_similarity(token_features.float(), class_features.float(), dim=-1)).mean()
