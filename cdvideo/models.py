@@ -116,6 +116,76 @@ def _preset_from_model_dir(path: Path) -> ModelPreset:
     return preset
 
 
+@dataclass
+class MotionEntry:
+    """One known motion module (or motion LoRA) in motion_modules/registry.yaml."""
+
+    name: str
+    hub_id: str = ""
+    # The released file's name, looked for in motion_modules/ and converted offline.
+    original_file: str = ""
+    use_motion_mid_block: bool = True
+    max_frames: int = 32
+    # Not in the weights: every released SD 1.5 module uses 8.
+    heads: int = 8
+    kind: str = "motion_module"  # or motion_lora
+    for_module: str = ""
+    description: str = ""
+
+
+def motion_modules_dir() -> Path:
+    """$CDVIDEO_MOTION_MODULES, else the repository's motion_modules/ (registry and dropped-in files)."""
+    if os.environ.get("CDVIDEO_MOTION_MODULES"):
+        return Path(os.environ["CDVIDEO_MOTION_MODULES"])
+    return Path(__file__).resolve().parent.parent / "motion_modules"
+
+
+def motion_registry() -> dict[str, MotionEntry]:
+    path = Path(__file__).resolve().parent.parent / "motion_modules" / "registry.yaml"
+    entries = read_yaml(path) or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected a list of motion modules")
+    return {e["name"]: from_dict(MotionEntry, e, f"{path}: {e.get('name', '?')}") for e in entries}
+
+
+def _is_weight_file(source: str) -> bool:
+    return Path(source).is_file() and Path(source).suffix in (".ckpt", ".safetensors", ".pth", ".pt", ".bin")
+
+
+def resolve_motion(spec: str) -> str:
+    """`--motion NAME|PATH|HUB_ID` -> a loadable source: a dropped-in original file, a hub id or a path."""
+    registry = motion_registry()
+    if spec not in registry:
+        return spec
+    entry = registry[spec]
+    if entry.kind != "motion_module":
+        raise ConfigError(f"{spec!r} is a {entry.kind.replace('_', ' ')} for {entry.for_module}, not a motion module")
+    local = motion_modules_dir() / entry.original_file
+    if entry.original_file and local.is_file():
+        return str(local)
+    if entry.hub_id:
+        return entry.hub_id
+    raise ModelNotAvailableError(
+        f"motion module {spec!r} is not present: put {entry.original_file} into {motion_modules_dir()}"
+    )
+
+
+def load_motion_adapter(source: str, *, dtype, local_files_only: bool = False):
+    """A MotionAdapter from a diffusers directory / hub id, or an original AnimateDiff checkpoint file."""
+    from diffusers import MotionAdapter
+
+    if _is_weight_file(source):
+        from cdvideo.formats.animatediff import motion_adapter_from_checkpoint
+
+        # Released files are recognised by name; the registry knows what their weights cannot say.
+        entry = next((e for e in motion_registry().values() if e.original_file == Path(source).name), None)
+        overrides = {"motion_num_attention_heads": entry.heads} if entry else None
+        return motion_adapter_from_checkpoint(source, overrides, dtype=dtype)
+    location, subfolder = _adapter_location(source)
+    return MotionAdapter.from_pretrained(location, subfolder=subfolder, torch_dtype=dtype,
+                                         local_files_only=local_files_only)
+
+
 def _local_file(source: str, relative: str) -> Path | None:
     """`relative` inside a local directory or the Hugging Face cache, or None if not there."""
     if Path(source).is_dir():
@@ -171,8 +241,8 @@ def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
     if preset.base.startswith(BUILTIN_PREFIX):
         return []  # built locally on demand
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
-    adapter = motion_adapter or preset.motion_adapter
-    if not base_only and not adapter.startswith(BUILTIN_PREFIX):
+    adapter = resolve_motion(motion_adapter or preset.motion_adapter)
+    if not base_only and not adapter.startswith(BUILTIN_PREFIX) and not _is_weight_file(adapter):
         location, subfolder = _adapter_location(adapter)
         checks.append((location, "motion adapter", [f"{subfolder}/config.json" if subfolder else "config.json"]))
     missing = []
@@ -220,7 +290,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) -> int:
     """The motion module's frame limit: from its local config when there is one, else the preset's."""
-    source = motion_adapter or preset.motion_adapter
+    source = resolve_motion(motion_adapter or preset.motion_adapter)
+    if _is_weight_file(source):
+        from cdvideo.formats.animatediff import checkpoint_max_frames
+
+        return checkpoint_max_frames(source)
     if not source.startswith(BUILTIN_PREFIX):
         location, subfolder = _adapter_location(source)
         config = _local_file(location, f"{subfolder}/config.json" if subfolder else "config.json")
@@ -261,20 +335,18 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: str | None = None):
     """Load base model and motion adapter into an AnimateDiffPipeline on `device` in `dtype`."""
     check_available(preset, motion_adapter)
-    from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     base = resolve_source(preset.base)
-    adapter, adapter_subfolder = _adapter_location(resolve_source(motion_adapter or preset.motion_adapter))
+    adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     kwargs = dict(local_files_only=_offline())
     try:
         tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
-        adapter_model = MotionAdapter.from_pretrained(
-            adapter, subfolder=adapter_subfolder, torch_dtype=dtype, **kwargs
-        )
+        adapter_model = load_motion_adapter(adapter, dtype=dtype, **kwargs)
         from diffusers import DDIMScheduler
 
         base_scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs)
