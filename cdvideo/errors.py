@@ -43,3 +43,7 @@ class WrongFileKindError(CdVideoError, ValueError):
 
 class OutputLockedError(CdVideoError, OSError):
     """Another process is writing to the same output folder (a second `cdvideo batch`)."""
+
+
+class OutputLockedError(CdVideoError, OSError):
+    """Another process is writing to the same output folder (a second `cdvideo batch`)."""

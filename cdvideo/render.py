@@ -147,6 +147,32 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True) -> 
     return frames_to_uint8(output.frames[0])  # (f, h, w, 3)
 
 
+def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool = True) -> list[np.ndarray]:
+    """Render several videos that differ only in prompt, negative prompt and seed in one pipeline call.
+
+    Each video gets its own CPU generator with its own seed, and diffusers draws each video's
+    initial noise from its own generator, so every video equals its one-by-one render up to the
+    float rounding of batched kernels.
+    """
+    import torch
+
+    first = settings[0]
+    pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+    output = pipeline(
+        prompt=[s.prompt for s in settings],
+        # "" is what the pipeline encodes for a missing negative prompt, so a list of them is the same.
+        negative_prompt=[s.negative_prompt or "" for s in settings],
+        num_frames=first.num_frames,
+        height=first.height,
+        width=first.width,
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance_scale,
+        generator=[torch.Generator(device="cpu").manual_seed(s.seed) for s in settings],
+        output_type="np",
+    )
+    return [frames_to_uint8(frames) for frames in output.frames]  # each (f, h, w, 3)
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata
 
@@ -206,16 +232,29 @@ class Renderer:
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
 
+    def _use_scheduler(self, name: str | None) -> None:
+        from cdvideo.models import make_scheduler
+
+        if name and name != self.scheduler:
+            self.pipeline.scheduler = make_scheduler(name, self._scheduler_config, {})
+            self.scheduler = name
+
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True) -> np.ndarray:
         from cdvideo.inject import concepts_applied
-        from cdvideo.models import make_scheduler
 
-        if settings.scheduler and settings.scheduler != self.scheduler:
-            self.pipeline.scheduler = make_scheduler(settings.scheduler, self._scheduler_config, {})
-            self.scheduler = settings.scheduler
+        self._use_scheduler(settings.scheduler)
         with concepts_applied(self.pipeline, concepts or []):
             return render_frames(self.pipeline, settings, progress=progress)
+
+    def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
+                     progress: bool = True) -> list[np.ndarray]:
+        """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
+        from cdvideo.inject import concepts_applied
+
+        self._use_scheduler(settings[0].scheduler)
+        with concepts_applied(self.pipeline, concepts or []):
+            return render_frames_batch(self.pipeline, settings, progress=progress)
 
 
 def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,

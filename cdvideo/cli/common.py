@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
+
+from cdvideo.files import slugify  # noqa: F401  (re-exported: subcommands name files with it)
 
 
 def quiet_libraries() -> None:
@@ -24,9 +25,3 @@ def warnings_as_lines() -> None:
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
-
-
-def slugify(text: str, limit: int = 60) -> str:
-    """A safe file-name stem from free text: lowercase words joined by '-', nothing else."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "video"

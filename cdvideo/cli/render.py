@@ -14,7 +14,7 @@ EXAMPLES = """examples:
 """
 
 # Flags that map one-to-one onto RenderSettings fields (flag = kebab-case of the field).
-_SETTING_FLAGS = {
+SETTING_FLAGS = {
     "prompt": (str, "text prompt; use the concept's token, e.g. 'a <new1> dog'"),
     "negative_prompt": (str, "what to avoid (default: the model preset's)"),
     "num_frames": (int, "frames to render (default: preset's; at most the motion module's maximum)"),
@@ -36,7 +36,7 @@ _SETTING_FLAGS = {
 
 def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
     """The RenderSettings flags, shared with `cdvideo batch` (which takes prompt and seed from a file)."""
-    for field, (kind, help) in _SETTING_FLAGS.items():
+    for field, (kind, help) in SETTING_FLAGS.items():
         if field in skip:
             continue
         # Defaults stay None so that only flags the user gave override a sidecar (--from) or prompt file.
@@ -77,7 +77,7 @@ def settings_from_args(args):
         if out is None:
             recorded = Path(sidecar["video"])
             out = args.from_sidecar.with_name(f"{recorded.stem}-rerender{recorded.suffix}")
-    for field in _SETTING_FLAGS:
+    for field in SETTING_FLAGS:
         if getattr(args, field) is not None:
             data[field] = getattr(args, field)
     if args.concepts is not None:
