@@ -280,7 +280,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                                           generator=generator).to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
-                ids = torch.cat([_tokenize(tokenizer, prompts, device), token_phrase_ids])  # (b + k, 77)
+                with_spl = config.spl_weight > 0
+                ids = _tokenize(tokenizer, prompts, device)
+                ids = torch.cat([ids, token_phrase_ids]) if with_spl else ids  # (b + k, 77)
                 hidden = text_encoder(ids)[0]  # (b + k, 77, d)
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
@@ -288,8 +290,13 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 diffusion = masked_diffusion_loss(prediction[:n], target[:n], batch["masks"].to(device))
                 prior_loss = masked_diffusion_loss(prediction[n:], target[n:], torch.ones_like(target[n:, :1])) \
                     if class_sampler is not None else torch.zeros((), device=device)
-                positions = eos_positions(token_phrase_ids, eos_id, config.spl_pooling)
-                token_features = hidden[len(prompts):][torch.arange(len(tokens)), positions]  # (k, d)
+                if with_spl:
+                    positions = eos_positions(token_phrase_ids, eos_id, config.spl_pooling)
+                    token_features = hidden[len(prompts):][torch.arange(len(tokens)), positions]  # (k, d)
+                else:  # the baseline: SPL only logged, at no backward cost
+                    with torch.no_grad():
+                        token_features = text_features(accelerator.unwrap_model(text_encoder), token_phrase_ids,
+                                                       eos_id, config.spl_pooling)
                 spl = spl_loss(token_features, class_features)
                 loss = diffusion + config.prior_loss_weight * prior_loss + config.spl_weight * spl
                 accelerator.backward(loss)
