@@ -193,3 +193,30 @@ def test_cdvideo_main_prints_one_line_for_a_bad_flag(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "x.mp4"), "--metrics", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown metric 'nope'") and err.count("\n") == 1
+
+
+def test_batch_gallery_shows_scores_and_unrendered_items_are_skipped(tmp_path, capsys):
+    from cdvideo.gallery import write_index_html
+
+    folder = tmp_path / "batch"
+    write_video(panning_video(frames=4), folder / "000-dog.mp4", fps=8)
+
+    def record(index, name, status):
+        return {"index": index, "name": name, "status": status, "prompt": f"a {name}", "seed": index,
+                "concepts": [], "video": f"{name}.mp4", "sidecar": f"{name}.json", "error": None}
+
+    records = [record(0, "000-dog", "done"), record(1, "001-cat", "failed")]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_index_html(folder, records)
+    assert "temporal_flickering" not in (folder / "index.html").read_text()
+
+    code = run_eval(folder, "--metrics", "temporal_flickering,dynamic_degree")
+    captured = capsys.readouterr()
+
+    assert code == 0  # a render that failed is the batch's error, not eval's
+    assert "skipped" in captured.err and "001-cat.mp4: not rendered (manifest status failed)" in captured.err
+    page = (folder / "index.html").read_text()
+    assert "<dt>temporal_flickering</dt>" in page and "<dt>dynamic_degree</dt>" in page
+    scored = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in scored] == ["000-dog.mp4"]
+    assert (folder / "scores.jsonl").stat().st_mode & 0o044  # readable by others, like every output

@@ -7,7 +7,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from cdvideo.errors import ConfigError
+from cdvideo.errors import CdVideoError, ConfigError
 
 EXAMPLES = """\
 examples:
@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     # 2. Score every video; a bad file is a row with its error, never the end of the run
     from tqdm import tqdm
 
+    skipped = [item for item in items if item.skipped]
+    items = [item for item in items if not item.skipped]
+    for item in skipped:
+        print(f"skipped {item.label}: {item.skipped}", file=sys.stderr)
     all_scores = []
     for item in tqdm(items, desc="eval", unit="video", disable=len(items) < 2, file=sys.stderr):
         if item.error:
@@ -151,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
             by_manifest[item.manifest].append(scores)
     for manifest, manifest_scores in by_manifest.items():
         report.annotate_manifest(manifest, manifest_scores)
+        try:
+            report.refresh_gallery(manifest.parent)
+        except (CdVideoError, OSError) as error:
+            print(f"warning: could not update the gallery of {manifest.parent}: {error}", file=sys.stderr)
     if failed:
         print(f"{failed} of {len(all_scores)} video(s) could not be evaluated (see the table)", file=sys.stderr)
         return 1

@@ -9,6 +9,8 @@ from typing import Any
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".webp")
 MANIFEST_NAME = "manifest.jsonl"
+# Manifest statuses of items with no video to score (`cdvideo batch`: the render failed or never ran).
+NOT_RENDERED = ("failed", "pending")
 
 
 @dataclass
@@ -18,6 +20,7 @@ class EvalItem:
     path: Path
     label: str
     error: str | None = None
+    skipped: str | None = None  # why it is not scored and not an error: the batch never rendered it
     manifest: Path | None = None  # the batch manifest that listed it
     record: dict[str, Any] | None = None  # its manifest line
 
@@ -82,5 +85,8 @@ def read_manifest(manifest: Path) -> list[EvalItem]:
                 EvalItem(manifest, f"{manifest}:{number}", error=f"{manifest} line {number}: not a JSON object with a \"video\" key")
             )
             continue
-        items.append(EvalItem(manifest.parent / video, str(manifest.parent / video), manifest=manifest, record=record))
+        item = EvalItem(manifest.parent / video, str(manifest.parent / video), manifest=manifest, record=record)
+        if record.get("status") in NOT_RENDERED:
+            item.skipped = f"not rendered (manifest status {record['status']})"
+        items.append(item)
     return items

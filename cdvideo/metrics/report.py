@@ -9,11 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cdvideo.files import atomic_path
 from cdvideo.metrics.base import MetricResult
 from cdvideo.metrics.evaluate import Unavailable, VideoScores
 
@@ -21,18 +20,10 @@ SCORES_NAME = "scores.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `data` to `path` via a temporary file beside it, renamed when complete."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def _number(value: float) -> str:
@@ -142,3 +133,13 @@ def annotate_manifest(manifest: Path, all_scores: list[VideoScores]) -> Path:
         record["eval_error"] = scores.error
         lines.append(json.dumps(record))
     return atomic_write_bytes(manifest.parent / SCORES_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def refresh_gallery(batch_folder: Path) -> Path | None:
+    """Rebuild the batch's `index.html` so it shows the new scores; only where `cdvideo batch` made one."""
+    from cdvideo.gallery import INDEX_HTML, write_index_html
+    from cdvideo.manifest import read_manifest
+
+    if not (batch_folder / INDEX_HTML).is_file():
+        return None
+    return write_index_html(batch_folder, read_manifest(batch_folder))
