@@ -133,10 +133,10 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     path = Path(path)
     if not path.exists():
         raise VideoIOError(f"video not found: {path}")
-    if path.is_dir():
-        return _read_frames_folder(path), 0.0
-    format = format_from_path(path)
+    format = "frames" if path.is_dir() else format_from_path(path)
     try:
+        if format == "frames":
+            return _read_frames_folder(path), 0.0
         if format in _FFMPEG:
             try:
                 return _read_decord(path)
@@ -183,4 +183,8 @@ def _read_frames_folder(path: Path) -> np.ndarray:
     files = sorted(path.glob("*.png"))
     if not files:
         raise VideoIOError(f"{path} holds no PNG frames")
-    return np.stack([np.asarray(Image.open(file).convert("RGB")) for file in files])
+    frames = [np.asarray(Image.open(file).convert("RGB")) for file in files]
+    sizes = sorted({frame.shape for frame in frames})
+    if len(sizes) > 1:
+        raise VideoIOError(f"{path} holds PNG frames of different sizes {sizes}: a video needs one size")
+    return np.stack(frames)

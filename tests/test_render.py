@@ -80,3 +80,16 @@ def test_example_concept_was_made_for_this_tiny_model(tiny_pipeline):
 
     # Fails if the tiny model's weights drift (another torch RNG): rerun scripts/make_tiny_concept.py.
     assert load_concept(EXAMPLE_CONCEPT).base_fingerprint == fingerprint_unet(tiny_pipeline.unet)
+
+
+def test_frames_folder_of_mixed_sizes_is_a_clear_error(tmp_path):
+    from PIL import Image
+
+    from cdvideo.errors import VideoIOError
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "00000.png")
+    Image.new("RGB", (48, 32)).save(folder / "00001.png")
+    with pytest.raises(VideoIOError, match="different sizes"):
+        read_video(folder)
