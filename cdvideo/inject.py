@@ -144,3 +144,31 @@ def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]]) -> It
         yield injector
     finally:
         injector.remove_all()
+
+
+@contextlib.contextmanager
+def loras_applied(pipeline, loras: list[tuple[dict, float, str]]) -> Iterator[None]:
+    """Merge bound LoRAs `(bound, strength, name)` for the duration of a `with` block, then restore exactly.
+
+    `bound` maps (component, parameter name) to (up, down, scale), as cdvideo.formats.lora.bind_lora
+    makes it. Each weight is copied before its first change and copied back afterwards, so taking
+    the LoRAs off restores every weight bit for bit. Apply LoRAs before concepts: a concept then
+    adds its deltas on top, and is taken off first.
+    """
+    originals: dict[tuple[str, str], torch.Tensor] = {}
+    params = {c: dict(getattr(pipeline, c).named_parameters()) for c in ("unet", "text_encoder")}
+    try:
+        with torch.no_grad():
+            for bound, strength, _ in loras:
+                if strength == 0.0:
+                    continue
+                for (component, name), (up, down, scale) in bound.items():
+                    param = params[component][name]
+                    originals.setdefault((component, name), param.detach().clone())
+                    change = (up.float() @ down.float()).reshape(param.shape).to(param.device)
+                    param.copy_((param.float() + (strength * scale) * change).to(param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for (component, name), original in originals.items():
+                params[component][name].copy_(original)

@@ -116,3 +116,65 @@ def write_repository_delta(path: Path, weights: dict[str, torch.Tensor], embed: 
         state[diffusers_to_ldm(name)] = compress_delta(weight, base[name]) if base is not None else weight
     state["embed"] = embed
     torch.save({"state_dict": state}, path)
+
+
+def write_peft_lora(directory: Path, model_dir: Path, seed: int = 3, rank: int = 4, alpha: int = 8,
+                    diffusers_names: bool = False) -> Path:
+    """A LoRA made by peft on the tiny UNet and text encoder, saved with diffusers' `save_lora_weights`.
+
+    `diffusers_names` passes the state dicts through `convert_state_dict_to_diffusers` first, as
+    diffusers' training scripts do (older `lora.down` / `lora_linear_layer` names).
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+    unet_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                             target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1"])
+    text_config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(unet_config)
+        # peft directly: transformers' own add_adapter asks for a newer peft than diffusers needs.
+        inject_adapter_in_model(text_config, text_encoder)
+    convert = convert_state_dict_to_diffusers if diffusers_names else dict
+    StableDiffusionPipeline.save_lora_weights(
+        directory,
+        unet_lora_layers=convert(get_peft_model_state_dict(unet)),
+        text_encoder_lora_layers=convert(get_peft_model_state_dict(text_encoder)),
+        unet_lora_adapter_metadata=unet_config.to_dict(),
+        text_encoder_lora_adapter_metadata=text_config.to_dict(),
+    )
+    return directory / "pytorch_lora_weights.safetensors"
+
+
+def peft_to_kohya(peft_file: Path, out: Path) -> Path:
+    """The same LoRA in kohya sd-scripts' layout (`lora_unet_*` / `lora_te_*`, `.alpha` per layer).
+
+    kohya's writer is not a Python package, so this renames what peft wrote, following sd-scripts'
+    naming: module path with `_` for `.`, `lora_down` / `lora_up`, alpha as a scalar tensor, and the
+    text encoder's modules under `text_model` as in transformers 4 (which SD 1.5 LoRAs were made with).
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(peft_file), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        meta = json.loads(handle.metadata()["lora_adapter_metadata"])
+    kohya = {}
+    for key, value in tensors.items():
+        component, _, rest = key.partition(".")
+        module, _, factor = rest.rpartition(".lora_")
+        prefix = "lora_unet_" if component == "unet" else "lora_te_text_model_"
+        name = prefix + module.replace(".", "_")
+        kohya[f"{name}.lora_down.weight" if factor == "A.weight" else f"{name}.lora_up.weight"] = value
+        kohya[f"{name}.alpha"] = torch.tensor(float(meta[f"{component}.lora_alpha"]))
+    save_file(kohya, str(out))
+    return out

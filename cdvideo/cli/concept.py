@@ -1,4 +1,4 @@
-"""`cdvideo concept ...`: look inside concept files."""
+"""`cdvideo concept ...`: look inside concept files, convert files from other tools into them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 EXAMPLES = """examples:
   cdvideo concept inspect examples/tiny-dog.safetensors
   cdvideo concept inspect dog.safetensors --model sd15-animatediff-v2   # also checks it fits that model
+  cdvideo concept convert classdiffusion-output/ --base sd15-animatediff-v2 --out dog.safetensors --class-word dog
+  cdvideo concept convert delta.bin --base sd15-animatediff-v2 --out dog.safetensors   # Custom Diffusion repo
+  cdvideo concept convert learned_embeds.safetensors --base tiny --out style.safetensors   # textual inversion
 """
 
 
@@ -28,6 +31,19 @@ def add_parser(subparsers) -> None:
     inspect.add_argument("--device", default="auto")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(run=run_inspect)
+    convert = actions.add_parser(
+        "convert", help="ClassDiffusion / Custom Diffusion outputs or embeddings -> a concept file",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", type=Path,
+                         help="ClassDiffusion output directory, pytorch_custom_diffusion_weights.*, delta.bin/.ckpt, "
+                              "or a textual inversion embedding")
+    convert.add_argument("--base", required=True,
+                         help="the base model the weights were trained on (preset, YAML or diffusers directory): "
+                              "deltas are taken against it")
+    convert.add_argument("--out", type=Path, required=True, help="concept file to write (.safetensors)")
+    convert.add_argument("--class-word", default=None, help="the class word of the token(s), e.g. dog")
+    convert.set_defaults(run=run_convert)
     parser.set_defaults(run=lambda args: parser.print_help() or 1)
 
 
@@ -102,3 +118,42 @@ def _check_against_model(path: Path, model: str, device: str) -> dict:
     ConceptInjector(pipeline).check(concept, str(path))  # raises with the first misfit
     fingerprint = fingerprint_unet(pipeline.unet)
     return {"model_fingerprint": fingerprint, "fingerprint_match": fingerprint == concept.base_fingerprint}
+
+
+def run_convert(args) -> int:
+    """Read the foreign file first (cheap, fails fast), then load the base UNet and take deltas."""
+    import torch
+
+    from cdvideo.cli.common import quiet_libraries
+    from cdvideo.concept import save_concept
+    from cdvideo.formats.concepts import open_concept
+    from cdvideo.models import load_preset, load_training_components
+
+    if args.out.suffix != ".safetensors":
+        from cdvideo.errors import ConfigError
+
+        raise ConfigError(f"--out {args.out}: a concept file is a .safetensors file")
+    source = open_concept(args.source, class_word=args.class_word)
+    preset = load_preset(args.base)
+    unet = embedding_dim = None
+    if source.needs_base or source.tokens:
+        quiet_libraries()
+        parts = load_training_components(preset, device="cpu", dtype=torch.float32)
+        unet = parts["unet"]
+        embedding_dim = parts["text_encoder"].get_input_embeddings().weight.shape[1]
+    concept = source.resolve(unet, base_model=preset.base, embedding_dim=embedding_dim)
+    if embedding_dim is not None:
+        for token, embedding in concept.tokens.items():
+            if embedding.shape[1] != embedding_dim:
+                from cdvideo.errors import InjectionError
+
+                raise InjectionError(
+                    f"{args.source}: token {token} has embedding size {embedding.shape[1]}, the text encoder of "
+                    f"{args.base} expects {embedding_dim}: made for another base model"
+                )
+    save_concept(concept, args.out)
+    print(
+        f"wrote {args.out} from {args.source} ({source.kind}): tokens {', '.join(concept.tokens) or 'none'}, "
+        f"{len(concept.deltas)} changed parameters, base {preset.base} (fingerprint {concept.base_fingerprint or 'n/a'})"
+    )
+    return 0
