@@ -68,6 +68,11 @@ class ConceptSpec:
 
 
 @dataclass
+class LoraSpec(ConceptSpec):
+    """One SD 1.5 LoRA file applied to a render; the strength scales its change (`--lora style.safetensors:0.6`)."""
+
+
+@dataclass
 class RenderSettings:
     """Everything one render needs. `None` means "the model preset's default"."""
 
@@ -83,8 +88,10 @@ class RenderSettings:
     seed: int | None = None
     scheduler: str | None = None
     concepts: list[ConceptSpec] = field(default_factory=list)
+    # LoRAs merged into the spatial UNet and text encoder for the render, taken off after it.
+    loras: list[LoraSpec] = field(default_factory=list)
     model: str = DEFAULT_MODEL
-    # Overrides the preset's motion adapter (hub id or local directory).
+    # Overrides the preset's motion module: a registry name, hub id, MotionAdapter directory or original file.
     motion_adapter: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -99,6 +106,10 @@ class RenderSettings:
         data["concepts"] = [
             c if isinstance(c, ConceptSpec) else from_dict(ConceptSpec, c, f"{source}: concepts")
             for c in concepts
+        ]
+        data["loras"] = [
+            lora if isinstance(lora, LoraSpec) else from_dict(LoraSpec, lora, f"{source}: loras")
+            for lora in data.get("loras") or []
         ]
         return from_dict(cls, data, source)
 

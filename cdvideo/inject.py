@@ -135,9 +135,15 @@ class ConceptInjector:
 
 
 @contextlib.contextmanager
-def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]]) -> Iterator[ConceptInjector]:
-    """Apply `(concept, strength, name)` triples for the duration of a `with` block."""
+def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]],
+                     base_fingerprint: str | None = None) -> Iterator[ConceptInjector]:
+    """Apply `(concept, strength, name)` triples for the duration of a `with` block.
+
+    `base_fingerprint`: the UNet's fingerprint taken before LoRAs were merged, so that a LoRA on the
+    key/value weights does not make every concept look as if it were made for another checkpoint.
+    """
     injector = ConceptInjector(pipeline)
+    injector.base_fingerprint = base_fingerprint
     try:
         for concept, strength, name in concepts:
             injector.apply(concept, strength, name)

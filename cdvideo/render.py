@@ -11,6 +11,7 @@ on the same machine (design decision 5).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,9 +29,10 @@ import numpy as np
 
 from cdvideo import __version__
 from cdvideo.concept import Concept, file_sha256, load_concept
-from cdvideo.config import ConceptSpec, DEVICES, DTYPES, RenderSettings
+from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.files import write_json_atomic
+from cdvideo.formats.concepts import source_sha256
 from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
 from cdvideo.models import SCHEDULERS, ModelPreset, check_available, load_preset, motion_max_frames
 
@@ -54,6 +56,7 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
     resolved = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
     # Absolute concept paths: the sidecar then repeats the render from any working directory.
     resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
+    resolved.loras = [dataclasses.replace(lora, path=str(Path(lora.path).absolute())) for lora in settings.loras]
     return resolved
 
 
@@ -91,22 +94,39 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
     if out is not None and settings.format is None:
         format_from_path(out)
     for spec in settings.concepts:
-        if not Path(spec.path).is_file():
+        # A directory is a ClassDiffusion / Custom Diffusion output folder.
+        if not Path(spec.path).exists():
             raise InputFileError(f"concept file not found: {spec.path}")
+    for spec in settings.loras:
+        if not Path(spec.path).is_file():
+            raise InputFileError(f"LoRA file not found: {spec.path}")
 
 
 def load_concepts(specs: list[ConceptSpec]) -> list[tuple[Concept, float, str]]:
-    """Read and validate every concept file; tokens must be unique across them."""
+    """Read and validate every concept file; tokens must be unique across them.
+
+    Files from other tools (Custom Diffusion outputs, embeddings) are read here too; Custom Diffusion
+    weights come back as a ConceptSource that `resolve_concepts` turns into deltas once the model is loaded.
+    """
+    from cdvideo.formats.concepts import is_native_concept, open_concept
+
     loaded = []
     owner: dict[str, str] = {}
     for spec in specs:
-        concept = load_concept(spec.path)
+        concept = load_concept(spec.path) if is_native_concept(spec.path) else open_concept(spec.path)
         for token in concept.tokens:
             if token in owner:
                 raise ConfigError(f"token {token} is defined by both {owner[token]} and {spec.path}")
             owner[token] = spec.path
         loaded.append((concept, spec.strength, spec.path))
     return loaded
+
+
+def load_loras(specs: list[LoraSpec]) -> list[tuple[Any, float, str]]:
+    """Read every LoRA file before a model is loaded: (LoraFile, strength, path)."""
+    from cdvideo.formats.lora import read_lora
+
+    return [(read_lora(spec.path), spec.strength, spec.path) for spec in specs]
 
 
 def prompt_warnings(prompt: str, concepts: list[tuple[Concept, float, str]]) -> list[str]:
@@ -239,21 +259,32 @@ class Renderer:
             self.pipeline.scheduler = make_scheduler(name, self._scheduler_config, {})
             self.scheduler = name
 
-    def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
-               progress: bool = True) -> np.ndarray:
-        from cdvideo.inject import concepts_applied
+    @contextlib.contextmanager
+    def _applied(self, concepts, loras):
+        """LoRAs merged first, concepts on top; both taken off after the render, bit for bit."""
+        from cdvideo.concept import fingerprint_unet
+        from cdvideo.formats.concepts import resolve_concepts
+        from cdvideo.formats.lora import bind_lora
+        from cdvideo.inject import concepts_applied, loras_applied
 
+        # Concepts from other tools become deltas against the base weights, before any LoRA is merged.
+        concepts = resolve_concepts(concepts or [], self.pipeline, self.preset.base)
+        fingerprint = fingerprint_unet(self.pipeline.unet) if loras and concepts else None
+        bound = [(bind_lora(lora, self.pipeline), strength, name) for lora, strength, name in loras or []]
+        with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint):
+            yield
+
+    def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
+               progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
         self._use_scheduler(settings.scheduler)
-        with concepts_applied(self.pipeline, concepts or []):
+        with self._applied(concepts, loras):
             return render_frames(self.pipeline, settings, progress=progress)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
-                     progress: bool = True) -> list[np.ndarray]:
+                     progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        from cdvideo.inject import concepts_applied
-
         self._use_scheduler(settings[0].scheduler)
-        with concepts_applied(self.pipeline, concepts or []):
+        with self._applied(concepts, loras):
             return render_frames_batch(self.pipeline, settings, progress=progress)
 
 
@@ -267,6 +298,7 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
     check_inputs(settings, preset, out)
     format = settings.format or format_from_path(out)
     concepts = load_concepts(settings.concepts)
+    loras = load_loras(settings.loras)
     messages = prompt_warnings(settings.prompt, concepts)
     for message in messages:
         warnings.warn(message, stacklevel=2)
@@ -278,10 +310,13 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         t = time.perf_counter()
         renderer = Renderer(preset, settings.device, settings.dtype, settings.motion_adapter)
         timings["load_s"] = time.perf_counter() - t
+    from cdvideo.formats.concepts import resolve_concepts
 
-    # 3. Render with the concepts applied, then take them off again.
+    concepts = resolve_concepts(concepts, renderer.pipeline, preset.base)  # foreign files -> deltas
+
+    # 3. Render with the LoRAs and concepts applied, then take them off again.
     t = time.perf_counter()
-    frames = renderer.render(settings, concepts, progress=progress)
+    frames = renderer.render(settings, concepts, progress=progress, loras=loras)
     timings["render_s"] = time.perf_counter() - t
 
     # 4. Write the video, then the sidecar (a sidecar never describes a missing video).
@@ -304,13 +339,17 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
             "concepts": [
                 {
                     "path": name,
-                    "sha256": file_sha256(name),
+                    "sha256": source_sha256(name),
                     "strength": strength,
                     "tokens": list(concept.tokens),
                     "class_words": concept.class_words,
                     "base_fingerprint": concept.base_fingerprint,
                 }
                 for concept, strength, name in concepts
+            ],
+            "loras": [
+                {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
+                for lora, strength, name in loras
             ],
             "device": renderer.device,
             "dtype": str(renderer.dtype).removeprefix("torch."),

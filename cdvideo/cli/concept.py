@@ -142,6 +142,7 @@ def run_convert(args) -> int:
         unet = parts["unet"]
         embedding_dim = parts["text_encoder"].get_input_embeddings().weight.shape[1]
     concept = source.resolve(unet, base_model=preset.base, embedding_dim=embedding_dim)
+    concept.base_model = concept.base_model or preset.base
     if embedding_dim is not None:
         for token, embedding in concept.tokens.items():
             if embedding.shape[1] != embedding_dim:

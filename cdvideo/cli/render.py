@@ -26,12 +26,17 @@ SETTING_FLAGS = {
     "width": (int, "frame width in pixels, a multiple of 8"),
     "scheduler": (str, "sampler: ddim, euler, euler_a, dpmpp_2m, pndm, lcm (default: preset's)"),
     "model": (str, "preset name (sd15-animatediff-v2, tiny), preset YAML, or diffusers model directory"),
-    "motion_adapter": (str, "motion adapter hub id or directory, replacing the preset's"),
+    "motion_adapter": (str, "motion module replacing the preset's: a name from `cdvideo motion list`, a diffusers "
+                            "MotionAdapter hub id or directory, or an original AnimateDiff .ckpt/.safetensors"),
     "device": (str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"),
     "dtype": (str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
     "format": (str, "mp4 (H.264, plays in browsers), webm, gif, webp, frames (PNG folder); default from --out"),
     "quality": (int, "0..10, 10 best (default 8)"),
 }
+
+
+# Shorter names shown first; the field's own flag keeps working.
+_FLAG_ALIASES = {"motion_adapter": ("--motion",)}
 
 
 def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
@@ -40,7 +45,8 @@ def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
         if field in skip:
             continue
         # Defaults stay None so that only flags the user gave override a sidecar (--from) or prompt file.
-        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None, help=help)
+        parser.add_argument(*_FLAG_ALIASES.get(field, ()), f"--{field.replace('_', '-')}", dest=field, type=kind,
+                            default=None, help=help)
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +60,12 @@ def add_parser(subparsers) -> None:
     add_setting_flags(parser)
     parser.add_argument(
         "--concept", dest="concepts", action="append", default=None, metavar="FILE[:STRENGTH]",
-        help="concept file, repeatable; ':0.8' scales its key/value changes",
+        help="concept file, repeatable; ':0.8' scales its key/value changes. Also a ClassDiffusion / Custom "
+             "Diffusion output (directory, weights file, delta.bin) or a textual inversion embedding",
+    )
+    parser.add_argument(
+        "--lora", dest="loras", action="append", default=None, metavar="FILE[:STRENGTH]",
+        help="SD 1.5 LoRA (peft, diffusers or kohya .safetensors), repeatable; ':0.6' scales it",
     )
     parser.add_argument("--out", type=Path, default=None,
                         help="output video path (default: outputs/<prompt>-<seed>.mp4)")
@@ -66,7 +77,7 @@ def add_parser(subparsers) -> None:
 
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
-    from cdvideo.config import ConceptSpec, RenderSettings
+    from cdvideo.config import ConceptSpec, LoraSpec, RenderSettings
     from cdvideo.render import read_sidecar
 
     data: dict = {}
@@ -82,6 +93,8 @@ def settings_from_args(args):
             data[field] = getattr(args, field)
     if args.concepts is not None:
         data["concepts"] = [ConceptSpec.parse(text) for text in args.concepts]
+    if getattr(args, "loras", None) is not None:
+        data["loras"] = [LoraSpec.parse(text) for text in args.loras]
     return RenderSettings.from_dict(data, "render settings"), out
 
 

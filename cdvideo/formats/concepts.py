@@ -35,14 +35,20 @@ class ConceptSource:
     def tokens(self) -> list[str]:
         return list((self.concept or self.weights).tokens)
 
+    @property
+    def class_words(self) -> dict[str, str]:
+        if self.concept is not None:
+            return self.concept.class_words
+        return {t: self.class_word for t in self.weights.tokens} if self.class_word else {}
+
     def resolve(self, unet=None, *, base_model: str = "", embedding_dim: int | None = None) -> Concept:
         """The Concept; Custom Diffusion weights become deltas against `unet`."""
         if self.concept is not None:
             return self.concept
         if unet is None:
             raise ValueError(f"{self.path}: converting Custom Diffusion weights needs the base UNet")
-        words = {t: self.class_word for t in self.weights.tokens} if self.class_word else {}
-        return self.weights.to_concept(unet, base_model=base_model, class_words=words, embedding_dim=embedding_dim)
+        return self.weights.to_concept(unet, base_model=base_model, class_words=self.class_words,
+                                       embedding_dim=embedding_dim)
 
 
 def open_concept(path: str | os.PathLike, class_word: str | None = None) -> ConceptSource:
@@ -56,12 +62,40 @@ def open_concept(path: str | os.PathLike, class_word: str | None = None) -> Conc
         return ConceptSource(source, kind, concept=concept)
     if kind.kind == CUSTOM_DIFFUSION:
         return ConceptSource(source, kind, weights=read_custom_diffusion(path), class_word=class_word)
-    words = None
     concept = textual_inversion_concept(path)
     if class_word:
-        words = {t: class_word for t in concept.tokens}
-        concept.class_words = words
+        concept.class_words = {t: class_word for t in concept.tokens}
     return ConceptSource(source, kind, concept=concept)
+
+
+def resolve_concepts(entries: list[tuple], pipeline, base_model: str = "") -> list[tuple[Concept, float, str]]:
+    """(Concept | ConceptSource, strength, name) -> (Concept, strength, name), against the pipeline's UNet.
+
+    Call it before anything else changes the UNet (LoRAs): deltas must be taken against base weights.
+    """
+    embedding_dim = pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+    resolved = []
+    for item, strength, name in entries:
+        if isinstance(item, ConceptSource):
+            item = item.resolve(pipeline.unet, base_model=base_model, embedding_dim=embedding_dim)
+        resolved.append((item, strength, name))
+    return resolved
+
+
+def source_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a concept file, or of the weight files of an output directory (by name, in order)."""
+    import hashlib
+
+    from cdvideo.concept import file_sha256
+
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".bin", ".safetensors", ".ckpt")):
+        digest.update(file.name.encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
 
 
 def is_native_concept(path: str | os.PathLike) -> bool:
