@@ -30,7 +30,7 @@ from cdvideo.train.data import EpochSampler, Example, load_image_folder, make_ba
 from cdvideo.train.losses import eos_positions, masked_diffusion_loss, spl_loss, text_features
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
 
-LOG_COLUMNS = ["step", "loss", "diffusion", "prior", "spl", "lr"]
+LOG_COLUMNS = ["step", "loss", "diffusion", "prior", "spl", "lr", "seconds"]
 TRAINABLE = {"kv": ("to_k", "to_v"), "crossattn": ("to_k", "to_v", "to_q", "to_out.0")}
 
 
@@ -260,6 +260,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     bar = tqdm(total=config.steps, initial=step, desc="training", disable=not (progress and accelerator.is_main_process))
     started = time.perf_counter()
     while step < config.steps:
+        step_started = time.perf_counter()
         totals = dict.fromkeys(LOG_COLUMNS[1:5], 0.0)
         for _ in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
@@ -315,7 +316,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                               "or use --mixed-precision no")
         if accelerator.is_main_process:
             with open(log_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOG_COLUMNS[1:5]] + [f"{learning_rate:.3g}"])
+                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOG_COLUMNS[1:5]]
+                                            + [f"{learning_rate:.3g}", f"{time.perf_counter() - step_started:.4f}"])
 
         # Checkpoint (and score) every checkpoint_every steps and at the end.
         if step % config.checkpoint_every == 0 or step == config.steps:
