@@ -59,6 +59,9 @@ class ModelPreset:
     negative_prompt: str = ""
     description: str = ""
     name: str = ""
+    # For a single-file `base`: the diffusers SD 1.5 directory or hub id whose configs and tokenizer
+    # read it (local or cached; never downloaded). Empty: the default preset's base.
+    single_file_config: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +85,8 @@ def load_preset(spec: str) -> ModelPreset:
         return _preset_from_yaml(path, name=path.stem)
     if path.is_dir():
         return _preset_from_model_dir(path)
+    if _is_weight_file(spec):
+        return _preset_from_single_file(path)
     named = presets_dir() / f"{spec}.yaml"
     if named.is_file():
         return _preset_from_yaml(named, name=spec)
@@ -186,6 +191,22 @@ def load_motion_adapter(source: str, *, dtype, local_files_only: bool = False):
                                          local_files_only=local_files_only)
 
 
+def _preset_from_single_file(path: Path) -> ModelPreset:
+    """A single-file SD 1.5 checkpoint with the default preset's motion module and render defaults."""
+    from cdvideo.formats.single_file import check_single_file
+
+    check_single_file(path)  # a motion module, LoRA or SDXL file is named here, before any loading
+    preset = load_preset(DEFAULT_MODEL)
+    preset.base = str(path)
+    preset.name = str(path)
+    preset.description = f"single-file checkpoint {path}"
+    return preset
+
+
+def _single_file_config(preset: ModelPreset) -> str:
+    return preset.single_file_config or load_preset(DEFAULT_MODEL).base
+
+
 def _local_file(source: str, relative: str) -> Path | None:
     """`relative` inside a local directory or the Hugging Face cache, or None if not there."""
     if Path(source).is_dir():
@@ -241,6 +262,9 @@ def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
     if preset.base.startswith(BUILTIN_PREFIX):
         return []  # built locally on demand
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
+    if _is_weight_file(preset.base):  # a single file: its weights are here, the configs must be too
+        config = resolve_source(_single_file_config(preset))
+        checks = [(config, "SD 1.5 configs for the single-file model", ["model_index.json", "tokenizer/vocab.json"])]
     adapter = resolve_motion(motion_adapter or preset.motion_adapter)
     if not base_only and not adapter.startswith(BUILTIN_PREFIX) and not _is_weight_file(adapter):
         location, subfolder = _adapter_location(adapter)
@@ -342,14 +366,22 @@ def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: st
     adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     kwargs = dict(local_files_only=_offline())
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
-        adapter_model = load_motion_adapter(adapter, dtype=dtype, **kwargs)
-        from diffusers import DDIMScheduler
+        if _is_weight_file(base):
+            from cdvideo.formats.single_file import load_single_file, sd15_config_dir
 
-        base_scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs)
+            config_dir = sd15_config_dir(resolve_source(_single_file_config(preset)))
+            parts = load_single_file(base, config_dir, dtype=dtype)
+            tokenizer, text_encoder, vae, unet = (parts[k] for k in ("tokenizer", "text_encoder", "vae", "unet"))
+            base_scheduler_config = parts["scheduler_config"]
+        else:
+            tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
+            text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
+            vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
+            unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
+            from diffusers import DDIMScheduler
+
+            base_scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs)
+        adapter_model = load_motion_adapter(adapter, dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _not_available(preset.base, "model", f"could not be loaded ({first_line})") from error
