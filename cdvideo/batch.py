@@ -251,10 +251,13 @@ class _Rendered:
     """Stands in for a Renderer to give render_to_file frames already made by a batched pipeline call."""
 
     def __init__(self, renderer, frames):
-        self.preset, self.device, self.dtype = renderer.preset, renderer.device, renderer.dtype
+        self._renderer = renderer
         self._frames = frames
 
-    def render(self, settings, concepts=None, progress=True):
+    def __getattr__(self, name):  # preset, device, dtype, pipeline: the real renderer's
+        return getattr(self._renderer, name)
+
+    def render(self, settings, concepts=None, progress=True, **applied):
         return self._frames
 
 
@@ -429,12 +432,14 @@ class _Runner:
                        warnings=result.warnings or None)
 
     def _render_together(self, group: list[BatchItem], out_dir: Path) -> list[dict[str, Any]]:
-        from cdvideo.render import load_concepts
+        from cdvideo import render
 
-        renderer = self.renderer_for(group[0].settings)
-        concepts = load_concepts(group[0].settings.concepts)
+        first = group[0].settings
+        renderer = self.renderer_for(first)
+        concepts = render.load_concepts(first.concepts)
+        applied = {"loras": render.load_loras(first.loras)} if getattr(first, "loras", None) else {}
         started = time.perf_counter()
-        all_frames = renderer.render_batch([item.settings for item in group], concepts, progress=False)
+        all_frames = renderer.render_batch([item.settings for item in group], concepts, progress=False, **applied)
         share = (time.perf_counter() - started) / len(group)
         return [self._render_one(item, out_dir, frames, share, len(group)) for item, frames in zip(group, all_frames)]
 
