@@ -183,6 +183,6 @@ def test_dry_run_lists_items_and_writes_nothing(tmp_path, capsys):
 
 
 def test_cli_reports_file_problems_in_one_message(tmp_path, capsys):
-    path = write(tmp_path, "p.jsonl", json.dumps({"prompt": "a dog", "num_frames": 99}) + "\n")
+    path = write(tmp_path, "p.jsonl", json.dumps({"prompt": "a dog", "width": 30}) + "\n")
     assert main(["batch", str(path), "--out", str(tmp_path / "o"), "--model", "tiny"]) == 2
-    assert f"{path}, line 1: num_frames must be between 1 and" in capsys.readouterr().err
+    assert f"{path}, line 1: width must be a positive multiple of 8" in capsys.readouterr().err
