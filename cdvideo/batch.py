@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from cdvideo.concept import file_sha256
 from cdvideo.config import RenderSettings
-from cdvideo.errors import CdVideoError, ConfigError, InputFileError, OutputLockedError, VideoIOError
+from cdvideo.errors import CdVideoError, ConfigError, OutputLockedError
 from cdvideo.files import slugify
 from cdvideo.manifest import ManifestPart, merge_manifest, remove_parts
 from cdvideo.prompts import RANDOM_SEED, Problems, Request, read_prompt_file
@@ -102,11 +102,11 @@ def plan_batch(prompt_file: str | os.PathLike, overrides: dict[str, Any] | None 
             settings = resolve_settings(settings, preset)
             try:
                 check_inputs(settings, preset)
-            except InputFileError as failure:  # a missing concept file: this item only
-                error = error or str(failure)
-            except (ConfigError, VideoIOError) as failure:
+            except ConfigError as failure:  # the file asks for something impossible: fix the file
                 problems.add(request.source, str(failure))
                 continue
+            except CdVideoError as failure:  # a missing concept, LoRA or motion file: this item only
+                error = error or str(failure)
             key = (settings.model, settings.motion_adapter)
             if key not in available:
                 try:

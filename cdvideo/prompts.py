@@ -333,7 +333,7 @@ def is_animatediff(data: Any) -> bool:
 def _animatediff_field(name: str) -> str | None:
     """The RenderSettings field a model path goes to, whichever spelling this version has."""
     names = {f.name for f in dataclasses.fields(RenderSettings)}
-    candidates = {"motion": ("motion", "motion_adapter"), "loras": ("loras",)}[name]
+    candidates = {"motion": ("motion", "motion_adapter"), "loras": ("loras",), "motion_loras": ("motion_loras",)}[name]
     return next((c for c in candidates if c in names), None)
 
 
@@ -383,7 +383,15 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
         for key, target in (("W", "width"), ("H", "height"), ("L", "num_frames")):
             error = ConfigError(str(error).replace(f"'{target}'", f"'{key}'"))
         raise error from None
-    unsupported = [reason for key, reason in ANIMATEDIFF_UNSUPPORTED.items() if entry.get(key)]
+    motion_lora_field = _animatediff_field("motion_loras")
+    unsupported = [reason for key, reason in ANIMATEDIFF_UNSUPPORTED.items()
+                   if entry.get(key) and not (key == "motion_module_lora_configs" and motion_lora_field)]
+    if entry.get("motion_module_lora_configs") and motion_lora_field:
+        configs = _as_list(entry["motion_module_lora_configs"], "motion_module_lora_configs", dict)
+        fields[motion_lora_field] = [
+            {"path": resolve_path(str(c.get("path", "")), base_dir), "strength": float(c.get("alpha", 1.0))}
+            for c in configs
+        ]
     dreambooth = entry.get("dreambooth_path") or entry.get("path")
     if dreambooth:
         fields["model"] = resolve_path(str(dreambooth), base_dir)

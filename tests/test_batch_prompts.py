@@ -158,7 +158,9 @@ def test_animatediff_prompt_yaml_is_read_as_is(tmp_path, monkeypatch):
     motion = [v for k, v in first.fields.items() if k in ("motion", "motion_adapter")]
     assert motion == ["models/Motion_Module/mm_sd_v15.ckpt"]
     assert first.unsupported is None
-    assert "motion LoRAs (motion_module_lora_configs) are not supported" in third.unsupported
+    # the motion LoRA and the LoRA of the second entry go to their own settings (issue 3's loaders)
+    assert third.fields["motion_loras"] == [{"path": "models/MotionLoRA/v2_lora_ZoomIn.ckpt", "strength": 1.0}]
+    assert third.fields["loras"] == [{"path": "models/DreamBooth_LoRA/style.safetensors", "strength": 0.8}]
 
 
 def test_animatediff_seed_count_mismatch_is_an_error(tmp_path):
