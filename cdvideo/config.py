@@ -73,6 +73,11 @@ class LoraSpec(ConceptSpec):
 
 
 @dataclass
+class MotionLoraSpec(ConceptSpec):
+    """A motion LoRA (file, or registry name like v2-zoom-in) merged into the motion module (`--motion-lora v2-pan-left:0.8`)."""
+
+
+@dataclass
 class RenderSettings:
     """Everything one render needs. `None` means "the model preset's default"."""
 
@@ -98,6 +103,18 @@ class RenderSettings:
     # Output container; None takes it from the output path's extension.
     format: str | None = None
     quality: int = 8
+    # Long videos (cdvideo.long_video): FreeNoise windows of context_length frames every context_stride
+    # frames. None turns windows on only when needed (more frames than the motion module takes, or travel).
+    context_length: int | None = None
+    context_stride: int = 4
+    context_weighting: str = "pyramid"  # flat, pyramid, delayed_reverse_sawtooth
+    context_noise: str = "shuffle_context"  # shuffle_context, repeat_context, random
+    # {frame: prompt} (the CLI's "0: a dog sitting | 24: a dog running" is parsed into it when resolved);
+    # text embeddings blend from each given frame to the next.
+    prompt_travel: dict[int, str] | None = None
+    # FreeInit passes: N x the time for steadier motion; 0 or 1 is off.
+    free_init: int = 0
+    motion_loras: list[MotionLoraSpec] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":
@@ -110,6 +127,10 @@ class RenderSettings:
         data["loras"] = [
             lora if isinstance(lora, LoraSpec) else from_dict(LoraSpec, lora, f"{source}: loras")
             for lora in data.get("loras") or []
+        ]
+        data["motion_loras"] = [
+            m if isinstance(m, MotionLoraSpec) else from_dict(MotionLoraSpec, m, f"{source}: motion_loras")
+            for m in data.get("motion_loras") or []
         ]
         return from_dict(cls, data, source)
 

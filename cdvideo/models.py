@@ -54,6 +54,10 @@ class ModelPreset:
     # The motion module's temporal position-encoding length: more frames cannot be rendered at once.
     max_frames: int = 32
     steps: int = 25
+    # Distilled samplers (AnimateLCM, Lightning) work only at the step counts they were made for; empty: any.
+    allowed_steps: list[int] = field(default_factory=list)
+    # LoRAs that belong to the model, merged before the user's: [{path: FILE or owner/repo/FILE, strength: 0.8}].
+    loras: list[dict[str, Any]] = field(default_factory=list)
     guidance_scale: float = 7.5
     fps: int = 8
     negative_prompt: str = ""
@@ -159,9 +163,11 @@ def _is_weight_file(source: str) -> bool:
 
 def resolve_motion(spec: str) -> str:
     """`--motion NAME|PATH|HUB_ID` -> a loadable source: a dropped-in original file, a hub id or a path."""
+    from cdvideo.distilled import hub_weight_file
+
     registry = motion_registry()
     if spec not in registry:
-        return spec
+        return hub_weight_file(spec) or spec  # owner/repo/file.safetensors: a single file in a hub repository
     entry = registry[spec]
     if entry.kind != "motion_module":
         raise ConfigError(f"{spec!r} is a {entry.kind.replace('_', ' ')} for {entry.for_module}, not a motion module")
@@ -179,6 +185,10 @@ def load_motion_adapter(source: str, *, dtype, local_files_only: bool = False):
     """A MotionAdapter from a diffusers directory / hub id, or an original AnimateDiff checkpoint file."""
     from diffusers import MotionAdapter
 
+    from cdvideo.distilled import diffusers_adapter_from_file, is_diffusers_adapter_file
+
+    if _is_weight_file(source) and is_diffusers_adapter_file(source):
+        return diffusers_adapter_from_file(source, dtype=dtype)
     if _is_weight_file(source):
         from cdvideo.formats.animatediff import motion_adapter_from_checkpoint
 
@@ -315,6 +325,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) -> int:
     """The motion module's frame limit: from its local config when there is one, else the preset's."""
     source = resolve_motion(motion_adapter or preset.motion_adapter)
+    from cdvideo.distilled import is_diffusers_adapter_file
+
+    if _is_weight_file(source) and is_diffusers_adapter_file(source):
+        return preset.max_frames
     if _is_weight_file(source):
         from cdvideo.formats.animatediff import checkpoint_max_frames
 

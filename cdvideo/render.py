@@ -31,7 +31,10 @@ from cdvideo import __version__
 from cdvideo.concept import Concept, file_sha256, load_concept
 from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings
 from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.distilled import preset_lora_specs
 from cdvideo.files import write_json_atomic
+from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
+                                resolve_long_video, window_note)
 from cdvideo.formats.concepts import source_sha256
 from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
 from cdvideo.models import SCHEDULERS, ModelPreset, check_available, load_preset, motion_max_frames
@@ -57,7 +60,9 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
     # Absolute concept paths: the sidecar then repeats the render from any working directory.
     resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
     resolved.loras = [dataclasses.replace(lora, path=str(Path(lora.path).absolute())) for lora in settings.loras]
-    return resolved
+    # The preset's own LoRAs (AnimateLCM's) go first, once: a sidecar's settings already hold them.
+    resolved.loras = [s for s in preset_lora_specs(preset) if s.path not in {x.path for x in resolved.loras}] + resolved.loras
+    return resolve_long_video(resolved)
 
 
 def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.PathLike | None = None) -> None:
@@ -68,11 +73,13 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         value = getattr(settings, name)
         if value <= 0 or value % 8:
             raise ConfigError(f"{name} must be a positive multiple of 8 (latents are 1/8 of the frame), got {value}")
+    if preset.allowed_steps and settings.steps not in preset.allowed_steps:
+        raise ConfigError(f"steps must be one of {', '.join(map(str, preset.allowed_steps))} for the {preset.name} "
+                          f"preset (a distilled sampler), got {settings.steps}")
     limit = motion_max_frames(preset, settings.motion_adapter)
-    if not 1 <= settings.num_frames <= limit:
-        raise ConfigError(
-            f"num_frames must be between 1 and {limit} (the motion module's maximum), got {settings.num_frames}"
-        )
+    if settings.num_frames < 1:  # more than the motion module takes turns windows on (cdvideo.long_video)
+        raise ConfigError(f"num_frames must be at least 1, got {settings.num_frames}")
+    check_long_video(settings, limit)
     if settings.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
     if settings.guidance_scale < 0:
@@ -154,7 +161,7 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True) -> 
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     output = pipeline(
-        prompt=settings.prompt,
+        prompt=pipeline_prompt(settings),  # {frame: prompt} when the prompt travels
         negative_prompt=settings.negative_prompt or None,
         num_frames=settings.num_frames,
         height=settings.height,
@@ -277,14 +284,16 @@ class Renderer:
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
         self._use_scheduler(settings.scheduler)
-        with self._applied(concepts, loras):
+        with self._applied(concepts, loras), long_video_applied(self.pipeline, settings):
             return render_frames(self.pipeline, settings, progress=progress)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
+        if needs_one_by_one(self.pipeline, settings[0]):
+            return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         self._use_scheduler(settings[0].scheduler)
-        with self._applied(concepts, loras):
+        with self._applied(concepts, loras), long_video_applied(self.pipeline, settings[0]):
             return render_frames_batch(self.pipeline, settings, progress=progress)
 
 
@@ -300,6 +309,8 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
     concepts = load_concepts(settings.concepts)
     loras = load_loras(settings.loras)
     messages = prompt_warnings(settings.prompt, concepts)
+    note = window_note(settings, motion_max_frames(preset, settings.motion_adapter))
+    messages += [note] if note else []
     for message in messages:
         warnings.warn(message, stacklevel=2)
     check_available(preset, settings.motion_adapter)

@@ -63,7 +63,8 @@ def no_model_loading(monkeypatch):
     "args,message",
     [
         (["--height", "60"], "height must be a positive multiple of 8 (latents are 1/8 of the frame), got 60"),
-        (["--num-frames", "40"], "num_frames must be between 1 and 32"),
+        (["--num-frames", "40", "--context-length", "40"], "context_length must be between 1 and 32"),
+        (["--prompt-travel", "0: a dog | 99: a cat"], "prompt_travel: frame 99 is past the last frame"),
         (["--concept", "missing.safetensors"], "missing.safetensors"),
         (["--model", "nope"], "unknown model 'nope'"),
         (["--scheduler", "heun"], "unknown scheduler 'heun'"),

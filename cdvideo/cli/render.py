@@ -17,7 +17,7 @@ EXAMPLES = """examples:
 SETTING_FLAGS = {
     "prompt": (str, "text prompt; use the concept's token, e.g. 'a <new1> dog'"),
     "negative_prompt": (str, "what to avoid (default: the model preset's)"),
-    "num_frames": (int, "frames to render (default: preset's; at most the motion module's maximum)"),
+    "num_frames": (int, "frames to render (default: preset's); more than the motion module takes renders in windows"),
     "fps": (int, "frames per second of the written video"),
     "steps": (int, "denoising steps"),
     "guidance_scale": (float, "classifier-free guidance scale"),
@@ -32,6 +32,12 @@ SETTING_FLAGS = {
     "dtype": (str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
     "format": (str, "mp4 (H.264, plays in browsers), webm, gif, webp, frames (PNG folder); default from --out"),
     "quality": (int, "0..10, 10 best (default 8)"),
+    "context_length": (int, "FreeNoise window in frames for long videos (default: 16, on when needed)"),
+    "context_stride": (int, "frames between window starts (default 4)"),
+    "context_weighting": (str, "blending of overlapping windows: flat, pyramid (default), delayed_reverse_sawtooth"),
+    "context_noise": (str, "initial noise across windows: shuffle_context (default), repeat_context, random"),
+    "prompt_travel": (str, "prompts by frame, blended between: \"0: a <new1> dog sitting | 24: a <new1> dog running\""),
+    "free_init": (int, "FreeInit passes for steadier motion, N x the time (default 0: off)"),
 }
 
 
@@ -67,6 +73,10 @@ def add_parser(subparsers) -> None:
         "--lora", dest="loras", action="append", default=None, metavar="FILE[:STRENGTH]",
         help="SD 1.5 LoRA (peft, diffusers or kohya .safetensors), repeatable; ':0.6' scales it",
     )
+    parser.add_argument(
+        "--motion-lora", dest="motion_loras", action="append", default=None, metavar="FILE|NAME[:STRENGTH]",
+        help="motion LoRA (e.g. v2-zoom-in from `cdvideo motion list`, or a file), repeatable; ':0.7' scales it",
+    )
     parser.add_argument("--out", type=Path, default=None,
                         help="output video path (default: outputs/<prompt>-<seed>.mp4)")
     parser.add_argument("--from", dest="from_sidecar", type=Path, default=None, metavar="SIDECAR",
@@ -77,7 +87,7 @@ def add_parser(subparsers) -> None:
 
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
-    from cdvideo.config import ConceptSpec, LoraSpec, RenderSettings
+    from cdvideo.config import ConceptSpec, LoraSpec, MotionLoraSpec, RenderSettings
     from cdvideo.render import read_sidecar
 
     data: dict = {}
@@ -95,6 +105,8 @@ def settings_from_args(args):
         data["concepts"] = [ConceptSpec.parse(text) for text in args.concepts]
     if getattr(args, "loras", None) is not None:
         data["loras"] = [LoraSpec.parse(text) for text in args.loras]
+    if getattr(args, "motion_loras", None) is not None:
+        data["motion_loras"] = [MotionLoraSpec.parse(text) for text in args.motion_loras]
     return RenderSettings.from_dict(data, "render settings"), out
 
 
