@@ -43,7 +43,3 @@ class WrongFileKindError(CdVideoError, ValueError):
 
 class OutputLockedError(CdVideoError, OSError):
     """Another process is writing to the same output folder (a second `cdvideo batch`)."""
-
-
-class OutputLockedError(CdVideoError, OSError):
-    """Another process is writing to the same output folder (a second `cdvideo batch`)."""
