@@ -321,13 +321,16 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         t = time.perf_counter()
         renderer = Renderer(preset, settings.device, settings.dtype, settings.motion_adapter)
         timings["load_s"] = time.perf_counter() - t
-    from cdvideo.formats.concepts import resolve_concepts
+    from cdvideo.formats.concepts import ConceptSource, resolve_concepts
 
-    concepts = resolve_concepts(concepts, renderer.pipeline, preset.base)  # foreign files -> deltas
+    if any(isinstance(concept, ConceptSource) for concept, _, _ in concepts):
+        # Foreign files -> deltas against the loaded base, once, so the sidecar records their fingerprint.
+        concepts = resolve_concepts(concepts, renderer.pipeline, preset.base)
 
     # 3. Render with the LoRAs and concepts applied, then take them off again.
     t = time.perf_counter()
-    frames = renderer.render(settings, concepts, progress=progress, loras=loras)
+    # Only with LoRAs: stand-ins for a Renderer (batch's pre-rendered frames) take no `loras`.
+    frames = renderer.render(settings, concepts, progress=progress, **({"loras": loras} if loras else {}))
     timings["render_s"] = time.perf_counter() - t
 
     # 4. Write the video, then the sidecar (a sidecar never describes a missing video).

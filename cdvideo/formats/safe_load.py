@@ -40,7 +40,7 @@ def container_format(path: str | os.PathLike) -> str:
         if head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8:
             return SAFETENSORS
     raise InputFileError(
-        f"{path}: neither a safetensors file nor a PyTorch checkpoint (corrupt, truncated, or another format)"
+        f"{path}: not a readable safetensors file or PyTorch checkpoint (corrupt or truncated?)"
     )
 
 
