@@ -22,14 +22,19 @@ from cdvideo.errors import ModelNotAvailableError, WrongFileKindError
 _HUB_FILE = re.compile(r"^([\w.-]+/[\w.-]+)/([\w./-]+\.(?:safetensors|ckpt|pth|bin))$")
 
 
+def hub_file_parts(spec: str) -> tuple[str, str] | None:
+    """`owner/repo/file.safetensors` -> (repo id, file name); None for anything else (local paths included)."""
+    match = _HUB_FILE.match(spec)
+    return None if match is None or Path(spec).exists() else (match[1], match[2])
+
+
 def hub_weight_file(spec: str) -> str | None:
     """`owner/repo/file.safetensors` -> a local path (cache, or downloaded while online); None if `spec` is not one."""
-    match = _HUB_FILE.match(spec)
-    if match is None or Path(spec).exists():
+    if hub_file_parts(spec) is None:
         return None
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    repo, filename = match[1], match[2]
+    repo, filename = hub_file_parts(spec)
     cached = try_to_load_from_cache(repo, filename)
     if isinstance(cached, str):
         return cached

@@ -275,7 +275,12 @@ def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
     if _is_weight_file(preset.base):  # a single file: its weights are here, the configs must be too
         config = resolve_source(_single_file_config(preset))
         checks = [(config, "SD 1.5 configs for the single-file model", ["model_index.json", "tokenizer/vocab.json"])]
-    adapter = resolve_motion(motion_adapter or preset.motion_adapter)
+    from cdvideo.distilled import hub_file_parts
+
+    hub_file = hub_file_parts(motion_adapter or preset.motion_adapter)
+    if hub_file and not base_only:  # one file in a hub repository (AnimateDiff-Lightning)
+        checks.append((hub_file[0], "motion module", [hub_file[1]]))
+    adapter = BUILTIN_PREFIX if hub_file else resolve_motion(motion_adapter or preset.motion_adapter)
     if not base_only and not adapter.startswith(BUILTIN_PREFIX) and not _is_weight_file(adapter):
         location, subfolder = _adapter_location(adapter)
         checks.append((location, "motion adapter", [f"{subfolder}/config.json" if subfolder else "config.json"]))
