@@ -76,7 +76,7 @@ def build_narrow_sd15(path: Path) -> None:
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             )),
             tokenizer=tokenizer,
-            scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear"),
+            scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False),
         )
     save_model_dir(components, path)
 
