@@ -274,7 +274,9 @@ def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
     if _is_weight_file(preset.base):  # a single file: its weights are here, the configs must be too
         config = resolve_source(_single_file_config(preset))
-        checks = [(config, "SD 1.5 configs for the single-file model", ["model_index.json", "tokenizer/vocab.json"])]
+        # tokenizer_config.json, not vocab.json: transformers >= 5 saves a tokenizer as tokenizer.json alone.
+        checks = [(config, "SD 1.5 configs for the single-file model",
+                   ["model_index.json", BASE_COMPONENTS["tokenizer"]])]
     from cdvideo.distilled import hub_file_parts
 
     hub_file = hub_file_parts(motion_adapter or preset.motion_adapter)
