@@ -377,43 +377,56 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
     return cls.from_config({**base_config, **overrides})
 
 
-def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: str | None = None):
-    """Load base model and motion adapter into an AnimateDiffPipeline on `device` in `dtype`."""
-    check_available(preset, motion_adapter)
-    from diffusers import AnimateDiffPipeline, AutoencoderKL, UNet2DConditionModel
+def _loading_error(preset: ModelPreset, error: Exception) -> ModelNotAvailableError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _not_available(preset.base, "model", f"could not be loaded ({first_line})")
+
+
+def _load_base_components(preset: ModelPreset, dtype) -> dict:
+    """The base model's tokenizer, text encoder, VAE, 2D UNet and scheduler config.
+
+    From a diffusers directory or hub id, or from a single-file checkpoint with local SD 1.5 configs.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     base = resolve_source(preset.base)
-    adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     kwargs = dict(local_files_only=_offline())
     try:
         if _is_weight_file(base):
             from cdvideo.formats.single_file import load_single_file, sd15_config_dir
 
             config_dir = sd15_config_dir(resolve_source(_single_file_config(preset)))
-            parts = load_single_file(base, config_dir, dtype=dtype)
-            tokenizer, text_encoder, vae, unet = (parts[k] for k in ("tokenizer", "text_encoder", "vae", "unet"))
-            base_scheduler_config = parts["scheduler_config"]
-        else:
-            tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
-            text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
-            vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
-            unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
-            from diffusers import DDIMScheduler
-
-            base_scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs)
-        adapter_model = load_motion_adapter(adapter, dtype=dtype, **kwargs)
+            return load_single_file(base, config_dir, dtype=dtype)
+        return dict(
+            tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs),
+            text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs),
+            vae=AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs),
+            unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs),
+            scheduler_config=DDIMScheduler.load_config(base, subfolder="scheduler", **kwargs),
+        )
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _not_available(preset.base, "model", f"could not be loaded ({first_line})") from error
-    schedule = make_scheduler(preset.scheduler, base_scheduler_config, preset.scheduler_config)
+        raise _loading_error(preset, error) from error
+
+
+def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: str | None = None):
+    """Load base model and motion adapter into an AnimateDiffPipeline on `device` in `dtype`."""
+    check_available(preset, motion_adapter)
+    from diffusers import AnimateDiffPipeline
+
+    parts = _load_base_components(preset, dtype)
+    adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
+    try:
+        adapter_model = load_motion_adapter(adapter, dtype=dtype, local_files_only=_offline())
+    except (OSError, ValueError) as error:
+        raise _loading_error(preset, error) from error
     pipeline = AnimateDiffPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,  # converted to a UNetMotionModel with the adapter's motion modules
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],  # converted to a UNetMotionModel with the adapter's motion modules
         motion_adapter=adapter_model,
-        scheduler=schedule,
+        scheduler=make_scheduler(preset.scheduler, parts["scheduler_config"], preset.scheduler_config),
     )
     return pipeline.to(device)
 
@@ -425,24 +438,13 @@ def load_training_components(preset: ModelPreset, *, device: str, dtype) -> dict
     the base model's training schedule); the motion adapter is not loaded.
     """
     check_available(preset, base_only=True)
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import DDPMScheduler
 
-    base = resolve_source(preset.base)
-    kwargs = dict(local_files_only=_offline())
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", dtype=dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
-        noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _not_available(preset.base, "model", f"could not be loaded ({first_line})") from error
+    parts = _load_base_components(preset, dtype)
     return dict(
-        unet=unet.to(device),
-        vae=vae.to(device),
-        text_encoder=text_encoder.to(device),
-        tokenizer=tokenizer,
-        noise_scheduler=noise_scheduler,
+        unet=parts["unet"].to(device),
+        vae=parts["vae"].to(device),
+        text_encoder=parts["text_encoder"].to(device),
+        tokenizer=parts["tokenizer"],
+        noise_scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
     )
