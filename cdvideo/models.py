@@ -409,6 +409,33 @@ def _load_base_components(preset: ModelPreset, dtype) -> dict:
         raise _loading_error(preset, error) from error
 
 
+def motion_unet(unet, adapter):
+    """The UNetMotionModel of a 2D UNet plus a motion adapter, built around their own tensors.
+
+    diffusers' `UNetMotionModel.from_unet2d` (what `AnimateDiffPipeline(unet=UNet2DConditionModel)`
+    calls) first initialises a whole new model at random and then copies both state dicts into it,
+    so while the pipeline is built the UNet's weights exist twice and the motion modules'
+    twice more: at SD 1.5 size that is most of the load's peak memory and seconds of random init.
+    Here the model is made on the meta device and takes the 2D UNet's and the adapter's tensors
+    as they are (no copy, no init): same weights, same frames, far less peak memory. Anything that
+    does not map one to one (an inflated conv_in, an unexpected key) falls back to diffusers' way.
+    """
+    import torch
+    from diffusers import UNetMotionModel
+
+    try:
+        with torch.device("meta"):
+            model = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+        state = dict(unet.state_dict())
+        state.update(adapter.state_dict())  # down_blocks.N.motion_modules..., mid_block.motion_modules...
+        model.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise ValueError("a tensor was left on the meta device")
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        return UNetMotionModel.from_unet2d(unet, adapter)
+    return model.to(device=unet.device)
+
+
 def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: str | None = None):
     """Load base model and motion adapter into an AnimateDiffPipeline on `device` in `dtype`."""
     check_available(preset, motion_adapter)
@@ -424,7 +451,7 @@ def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: st
         vae=parts["vae"],
         text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"],
-        unet=parts["unet"],  # converted to a UNetMotionModel with the adapter's motion modules
+        unet=motion_unet(parts.pop("unet"), adapter_model),
         motion_adapter=adapter_model,
         scheduler=make_scheduler(preset.scheduler, parts["scheduler_config"], preset.scheduler_config),
     )
