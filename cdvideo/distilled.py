@@ -38,10 +38,15 @@ def hub_weight_file(spec: str) -> str | None:
     cached = try_to_load_from_cache(repo, filename)
     if isinstance(cached, str):
         return cached
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    from cdvideo.models import hub_reachable
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline or not hub_reachable():
+        # "a/b/c.ckpt" is also how a mistyped local path looks: say that no such file exists here.
         raise ModelNotAvailableError(
-            f"{spec} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-            f"download it while online with `hf download {repo} {filename}`"
+            f"{spec} is no local file, and {filename} of hub repository {repo} is not in the Hugging Face "
+            f"cache ({'HF_HUB_OFFLINE is set' if offline else 'the hub cannot be reached'}): check the path, "
+            f"or download it while online with `hf download {repo} {filename}`"
         )
     try:
         return hf_hub_download(repo, filename)

@@ -309,12 +309,12 @@ def check_available(preset: ModelPreset, motion_adapter: str | None = None, base
             raise _not_available(source, what, reason)
         if _offline():
             raise _not_available(source, what, reason + " and HF_HUB_OFFLINE is set")
-        if not _hub_reachable():
+        if not hub_reachable():
             # Without this, huggingface_hub retries every file with backoff for minutes.
             raise _not_available(source, what, reason + " and the hub cannot be reached")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick connection to the hub's host, so that no network fails in seconds, not minutes."""
     import socket
     from urllib.parse import urlparse

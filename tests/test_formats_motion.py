@@ -138,3 +138,12 @@ def test_other_kind_given_as_motion_module_is_named(tmp_path):
     torch.save({"string_to_param": {"*": torch.ones(1, 768)}, "name": "x"}, tmp_path / "emb.pt")
     with pytest.raises(WrongFileKindError, match="textual inversion"):
         read_motion_checkpoint(tmp_path / "emb.pt")
+
+
+def test_mistyped_local_motion_path_says_no_such_file(capsys, tmp_path):
+    from cdvideo.cli import main
+
+    code = main(["render", "--model", "tiny", "--motion", "models/Motion_Module/mm_sd_v15.ckpt", "--prompt", "a cat",
+                 "--out", str(tmp_path / "x.mp4"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "models/Motion_Module/mm_sd_v15.ckpt is no local file" in err and err.count("\n") == 1
