@@ -115,6 +115,8 @@ class RenderSettings:
     # FreeInit passes: N x the time for steadier motion; 0 or 1 is off.
     free_init: int = 0
     motion_loras: list[MotionLoraSpec] = field(default_factory=list)
+    # VAE slicing (tiling above its tile size) and, on CUDA, model CPU offload for this render; same frames.
+    low_vram: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":

@@ -36,6 +36,7 @@ from cdvideo.files import write_json_atomic
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
 from cdvideo.formats.concepts import source_sha256
+from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
 from cdvideo.models import SCHEDULERS, ModelPreset, check_available, load_preset, motion_max_frames
 
@@ -284,7 +285,8 @@ class Renderer:
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
         self._use_scheduler(settings.scheduler)
-        with self._applied(concepts, loras), long_video_applied(self.pipeline, settings):
+        with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings),
+              low_vram_applied(self.pipeline, settings, self.device)):
             return render_frames(self.pipeline, settings, progress=progress)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
@@ -293,7 +295,8 @@ class Renderer:
         if needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         self._use_scheduler(settings[0].scheduler)
-        with self._applied(concepts, loras), long_video_applied(self.pipeline, settings[0]):
+        with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings[0]),
+              low_vram_applied(self.pipeline, settings[0], self.device)):
             return render_frames_batch(self.pipeline, settings, progress=progress)
 
 
@@ -314,6 +317,15 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
     for message in messages:
         warnings.warn(message, stacklevel=2)
     check_available(preset, settings.motion_adapter)
+    # Peak-memory estimate, one line; refused here (before loading) when it does not fit.
+    # (With a loaded renderer, as in batch, the weights already sit in memory: nothing to refuse up front.)
+    if renderer is None:
+        from cdvideo.models import resolve_device, resolve_dtype
+
+        device = resolve_device(settings.device)
+        estimate = check_memory(settings, preset, device, resolve_dtype(settings.dtype, device))
+        if estimate:
+            print(estimate, file=sys.stderr, flush=True)
 
     # 2. Load the model.
     timings: dict[str, float] = {}

@@ -12,7 +12,8 @@ nothing is downloaded. Then runs each variant in its own process, on the same in
       `AnimateDiffPipeline.from_pipe(sd, motion_adapter=...)`; fp16 + VAE slicing + model CPU offload on
       CUDA, float32 + VAE slicing on the CPU (fp16 and offload are GPU-only);
   (c) cdvideo's `Renderer` with its defaults;
-  (d) only with --variants abcd: a candidate speed-up, (c) with the UNet in channels_last (measured, not kept).
+  (d) only with --variants abcd: a candidate speed-up, (c) with the UNet in channels_last (measured, not kept);
+  (e) only when asked (--variants ce): (c) with --low-vram (VAE slicing; model CPU offload on CUDA).
 
 Per variant: seconds per denoising step (UNet calls), seconds per clip (pipeline call), VAE decode
 time, peak memory (peak RSS of the child process on the CPU; CUDA max allocated on a GPU), ratios to
@@ -44,6 +45,7 @@ VARIANTS = {
     "b": "ClassDiffusion recipe (2D UNet -> from_pipe)",
     "c": "cdvideo Renderer, defaults",
     "d": "candidate: (c) + channels_last UNet",
+    "e": "cdvideo --low-vram",
 }
 BUILD_VERSION = 1  # bump when the configs below change
 
@@ -140,7 +142,7 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     t = time.perf_counter()
     loaded = _load(variant, model_dir, device)
     load_s = time.perf_counter() - t
-    pipe = loaded.pipeline if variant in "cd" else loaded
+    pipe = loaded.pipeline if variant in "cde" else loaded
     pipe.set_progress_bar_config(disable=True)
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -172,9 +174,10 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
         torch.cuda.reset_peak_memory_stats()
 
     t = time.perf_counter()
-    if variant in "cd":
+    if variant in "cde":
         settings = RenderSettings(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size,
-                                  width=size, steps=steps, guidance_scale=7.5, seed=SEED, scheduler="ddim")
+                                  width=size, steps=steps, guidance_scale=7.5, seed=SEED, scheduler="ddim",
+                                  low_vram=variant == "e")
         result = loaded.render(settings, progress=False)
     else:
         output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
@@ -239,18 +242,19 @@ def main() -> None:
             print(f"  ({variant}) done: load {r['load_s']:.1f} s, clip {r['clip_s']:.1f} s", flush=True)
 
         base = results.get("a")
+        ref = "a" if base else next(iter(results))  # frames compared with (a), or with the first variant run
         mem_key = "cuda_peak_mb" if cuda else "peak_rss_mb"
         mem_name = "CUDA max alloc" if cuda else "peak RSS"
         print()
         print(f"| variant | s/step | s/clip | VAE decode s | {mem_name} MB | load s | speed vs (a) "
-              f"| load+clip vs (a) | memory vs (a) | max abs pixel diff to (a) |")
+              f"| load+clip vs (a) | memory vs (a) | max abs pixel diff to ({ref}) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for variant, r in results.items():
             speed = f"{base['clip_s'] / r['clip_s']:.2f}x" if base else "-"
             whole = f"{(base['load_s'] + base['clip_s']) / (r['load_s'] + r['clip_s']):.2f}x" if base else "-"
             memory = f"{r[mem_key] / base[mem_key]:.2f}" if base else "-"
-            diff = (int(np.abs(frames_of[variant].astype(int) - frames_of["a"].astype(int)).max())
-                    if base and frames_of[variant].shape == frames_of["a"].shape else "-")
+            diff = (int(np.abs(frames_of[variant].astype(int) - frames_of[ref].astype(int)).max())
+                    if frames_of[variant].shape == frames_of[ref].shape else "-")
             print(f"| ({variant}) {VARIANTS[variant]} | {r['step_s']:.2f} | {r['clip_s']:.2f} | {r['vae_s']:.2f} "
                   f"| {r[mem_key]:.0f} | {r['load_s']:.1f} | {speed} | {whole} | {memory} | {diff}/255 |")
         print("\nspeed vs (a): (a)'s s/clip / this s/clip (>1 is faster); memory vs (a): this peak / (a)'s peak "

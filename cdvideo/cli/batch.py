@@ -138,7 +138,9 @@ def _argv(args) -> list[str]:
     """The batch flags of `args` again, without --processes."""
     argv = [str(args.prompts), "--out", str(args.out), "--batch-size", str(args.batch_size)]
     for field in SETTING_FLAGS:
-        if getattr(args, field, None) is not None:
+        if getattr(args, field, None) is True and SETTING_FLAGS[field][0] is bool:
+            argv.append(f"--{field.replace('_', '-')}")  # a switch takes no value
+        elif getattr(args, field, None) is not None:
             argv += [f"--{field.replace('_', '-')}", str(getattr(args, field))]
     for concept in args.concepts or []:
         argv += ["--concept", concept]

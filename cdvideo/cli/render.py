@@ -38,6 +38,8 @@ SETTING_FLAGS = {
     "context_noise": (str, "initial noise across windows: shuffle_context (default), repeat_context, random"),
     "prompt_travel": (str, "prompts by frame, blended between: \"0: a <new1> dog sitting | 24: a <new1> dog running\""),
     "free_init": (int, "FreeInit passes for steadier motion, N x the time (default 0: off)"),
+    "low_vram": (bool, "less peak memory, same frames: VAE slicing (and tiling for large frames); on CUDA also "
+                       "model CPU offload (slower). On the CPU offload is meaningless, only the VAE changes"),
 }
 
 
@@ -51,8 +53,11 @@ def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
         if field in skip:
             continue
         # Defaults stay None so that only flags the user gave override a sidecar (--from) or prompt file.
-        parser.add_argument(*_FLAG_ALIASES.get(field, ()), f"--{field.replace('_', '-')}", dest=field, type=kind,
-                            default=None, help=help)
+        flags = (*_FLAG_ALIASES.get(field, ()), f"--{field.replace('_', '-')}")
+        if kind is bool:  # a switch: given -> True, absent -> None (a sidecar's value stays)
+            parser.add_argument(*flags, dest=field, action="store_const", const=True, default=None, help=help)
+            continue
+        parser.add_argument(*flags, dest=field, type=kind, default=None, help=help)
 
 
 def add_parser(subparsers) -> None:
