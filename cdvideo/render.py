@@ -319,13 +319,12 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
     check_available(preset, settings.motion_adapter)
     # Peak-memory estimate, one line; refused here (before loading) when it does not fit.
     # (With a loaded renderer, as in batch, the weights already sit in memory: nothing to refuse up front.)
+    estimate = None
     if renderer is None:
         from cdvideo.models import resolve_device, resolve_dtype
 
         device = resolve_device(settings.device)
         estimate = check_memory(settings, preset, device, resolve_dtype(settings.dtype, device))
-        if estimate:
-            print(estimate, file=sys.stderr, flush=True)
 
     # 2. Load the model.
     timings: dict[str, float] = {}
@@ -340,6 +339,8 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         concepts = resolve_concepts(concepts, renderer.pipeline, preset.base)
 
     # 3. Render with the LoRAs and concepts applied, then take them off again.
+    if estimate:  # printed once nothing else can fail before the render starts
+        print(estimate, flush=True)  # stdout, beside "wrote ...": stderr keeps errors to one line
     t = time.perf_counter()
     # Only with LoRAs: stand-ins for a Renderer (batch's pre-rendered frames) take no `loras`.
     frames = renderer.render(settings, concepts, progress=progress, **({"loras": loras} if loras else {}))
