@@ -78,11 +78,38 @@ def parameter_counts(preset, motion_adapter: str | None = None) -> dict[str, int
     adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     counts = {}
     for kind in COMPONENTS:
-        config = _config(adapter if kind == "motion_adapter" else base, kind)
+        source = adapter if kind == "motion_adapter" else base
+        from_header = _count_from_header(source, kind)
+        if from_header is not None:
+            counts[kind] = from_header
+            continue
+        config = _config(source, kind)
         if config is None:
             return None
         counts[kind] = _count(kind, json.dumps(config, sort_keys=True))
     return counts
+
+
+def _count_from_header(source: str, kind: str) -> int | None:
+    """Values stored in a component's local safetensors file, read from its header alone (milliseconds,
+    where building even a meta model takes seconds at SD size); None when there is no such file."""
+    from safetensors import safe_open
+
+    from cdvideo.models import _adapter_location, _local_file
+
+    location, sub = _adapter_location(source) if kind == "motion_adapter" else (source, kind)
+    name = "model.safetensors" if kind == "text_encoder" else "diffusion_pytorch_model.safetensors"
+    path = _local_file(location, f"{sub}/{name}" if sub else name)
+    if path is None:
+        return None
+    total = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            count = 1
+            for dim in handle.get_slice(key).get_shape():
+                count *= dim
+            total += count
+    return total
 
 
 def _dtype_bytes(dtype) -> int:
