@@ -38,9 +38,9 @@ def hub_weight_file(spec: str) -> str | None:
     cached = try_to_load_from_cache(repo, filename)
     if isinstance(cached, str):
         return cached
-    from cdvideo.models import hub_reachable
+    from cdvideo.hub import hub_offline, hub_reachable
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    offline = hub_offline()
     if offline or not hub_reachable():
         # "a/b/c.ckpt" is also how a mistyped local path looks: say that no such file exists here.
         raise ModelNotAvailableError(

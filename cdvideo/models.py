@@ -18,6 +18,7 @@ from typing import Any
 
 from cdvideo.config import DEFAULT_MODEL, from_dict, read_yaml
 from cdvideo.errors import ConfigError, ModelNotAvailableError
+from cdvideo.hub import hub_offline, hub_reachable
 
 BUILTIN_PREFIX = "builtin:"
 MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
@@ -250,10 +251,6 @@ def _adapter_location(source: str) -> tuple[str, str | None]:
     return source, None
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _not_available(source: str, what: str, reason: str) -> ModelNotAvailableError:
     if Path(source).is_absolute() or source.startswith("."):
         hint = "check the path"
@@ -307,26 +304,11 @@ def check_available(preset: ModelPreset, motion_adapter: str | None = None, base
     for source, what, reason in missing_weights(preset, motion_adapter, base_only):
         if _looks_local(source):
             raise _not_available(source, what, reason)
-        if _offline():
+        if hub_offline():
             raise _not_available(source, what, reason + " and HF_HUB_OFFLINE is set")
         if not hub_reachable():
             # Without this, huggingface_hub retries every file with backoff for minutes.
             raise _not_available(source, what, reason + " and the hub cannot be reached")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick connection to the hub's host, so that no network fails in seconds, not minutes."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) -> int:
@@ -391,7 +373,7 @@ def _load_base_components(preset: ModelPreset, dtype) -> dict:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     base = resolve_source(preset.base)
-    kwargs = dict(local_files_only=_offline())
+    kwargs = dict(local_files_only=hub_offline())
     try:
         if _is_weight_file(base):
             from cdvideo.formats.single_file import load_single_file, sd15_config_dir
@@ -444,7 +426,7 @@ def load_pipeline(preset: ModelPreset, *, device: str, dtype, motion_adapter: st
     parts = _load_base_components(preset, dtype)
     adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     try:
-        adapter_model = load_motion_adapter(adapter, dtype=dtype, local_files_only=_offline())
+        adapter_model = load_motion_adapter(adapter, dtype=dtype, local_files_only=hub_offline())
     except (OSError, ValueError) as error:
         raise _loading_error(preset, error) from error
     pipeline = AnimateDiffPipeline(

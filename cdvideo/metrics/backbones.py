@@ -7,12 +7,12 @@ code at tiny models saved locally. Offline (HF_HUB_OFFLINE) nothing is downloade
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdvideo.errors import ModelNotAvailableError
+from cdvideo.hub import hub_offline
 
 CLIP_VIT_B32 = "openai/clip-vit-base-patch32"
 DINO_VIT_B16 = "facebook/dino-vitb16"
@@ -27,14 +27,6 @@ DEFAULT_MODELS = {
     "clip_i": CLIP_VIT_B32,
     "dino_i": DINO_VIT_S16,
 }
-
-_TRUE = {"1", "on", "yes", "true"}
-
-
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE is set, read at call time so a test or a user can flip it per run."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
 
 @dataclass
 class Backbone:
