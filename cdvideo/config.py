@@ -35,6 +35,11 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
     return cls(**data)
 
 
+def from_dicts(cls: type[T], items: list | None, source: str) -> list[T]:
+    """A list of `cls` from mappings (or ready instances), each checked by `from_dict`."""
+    return [item if isinstance(item, cls) else from_dict(cls, item, source) for item in items or []]
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
     import yaml
 
@@ -121,19 +126,9 @@ class RenderSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":
         data = dict(data)
-        concepts = data.get("concepts") or []
-        data["concepts"] = [
-            c if isinstance(c, ConceptSpec) else from_dict(ConceptSpec, c, f"{source}: concepts")
-            for c in concepts
-        ]
-        data["loras"] = [
-            lora if isinstance(lora, LoraSpec) else from_dict(LoraSpec, lora, f"{source}: loras")
-            for lora in data.get("loras") or []
-        ]
-        data["motion_loras"] = [
-            m if isinstance(m, MotionLoraSpec) else from_dict(MotionLoraSpec, m, f"{source}: motion_loras")
-            for m in data.get("motion_loras") or []
-        ]
+        data["concepts"] = from_dicts(ConceptSpec, data.get("concepts"), f"{source}: concepts")
+        data["loras"] = from_dicts(LoraSpec, data.get("loras"), f"{source}: loras")
+        data["motion_loras"] = from_dicts(MotionLoraSpec, data.get("motion_loras"), f"{source}: motion_loras")
         return from_dict(cls, data, source)
 
     def to_dict(self) -> dict[str, Any]:

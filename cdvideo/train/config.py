@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdvideo.config import DEFAULT_MODEL, DEVICES, from_dict
+from cdvideo.config import DEFAULT_MODEL, DEVICES, from_dict, from_dicts
 from cdvideo.errors import ConfigError
 
 TRAIN_MODES = ("kv", "crossattn")
@@ -94,10 +94,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> "TrainConfig":
         data = dict(data)
-        data["concepts"] = [
-            c if isinstance(c, ConceptData) else from_dict(ConceptData, c, f"{source}: concepts")
-            for c in data.get("concepts") or []
-        ]
+        data["concepts"] = from_dicts(ConceptData, data.get("concepts"), f"{source}: concepts")
         return from_dict(cls, data, source)
 
     def to_dict(self) -> dict[str, Any]:
