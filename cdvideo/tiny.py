@@ -77,15 +77,15 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-def build_tokenizer():
-    """A CLIP BPE tokenizer over printable ASCII plus whole-word merges for `_WORDS`."""
+def build_tokenizer(words=_WORDS, model_max_length: int = 77):
+    """A CLIP BPE tokenizer over printable ASCII plus whole-word merges for `words`."""
     from transformers import CLIPTokenizer
 
     chars = [c for c in string.printable if not c.isspace()]
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     merges: list[tuple[str, str]] = []
-    for word in _WORDS:
+    for word in words:
         # Merge left to right: ("d", "o"), ("do", "g</w>") makes "dog</w>" one token.
         parts = list(word[:-1]) + [word[-1] + "</w>"]
         while len(parts) > 1:
@@ -96,7 +96,7 @@ def build_tokenizer():
             parts = [pair[0] + pair[1]] + parts[2:]
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def build_tiny_components(seed: int = TINY_SEED) -> dict:

@@ -1,0 +1,157 @@
+"""Read Shapes-world frames back into what they show, and score a video against its caption.
+
+Pixel analysis only: each pixel goes to the nearest world colour, the background is the commonest
+colour on the border, objects are the connected regions of other colours, and a region's shape
+comes from how much of its bounding box it fills (square ~1.0, circle ~0.79, triangle ~0.5).
+On the generator's own frames this recovers the scene exactly; on generated frames it is the
+referee of `docs/shapes-world.md`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from cdvideo.shapes.world import COLOURS, SIZES, Request, parse_caption
+
+_NAMES = list(COLOURS)
+_PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)
+MIN_AREA = 12  # pixels: a small triangle covers ~32, so smaller regions are specks, not objects
+STILL_BELOW = 4.0  # pixels of travel over the clip under which an object counts as still
+
+
+@dataclass
+class SeenObject:
+    shape: str
+    colour: str  # the commonest colour in the region
+    colours: dict[str, float]  # every colour covering >= 20 % of the region, with its share
+    size: str
+    x: float  # centroid
+    y: float
+    area: int
+    fill: float  # area / bounding-box area
+
+
+@dataclass
+class SeenFrame:
+    background: str
+    objects: list[SeenObject]
+
+
+def quantize(frame: np.ndarray) -> np.ndarray:
+    """(H, W) indices into the world palette: each pixel's nearest colour."""
+    pixels = frame.reshape(-1, 3).astype(np.float32)
+    distances = ((pixels[:, None, :] - _PALETTE[None]) ** 2).sum(-1)
+    return distances.argmin(1).reshape(frame.shape[:2])
+
+
+def _shape_from_fill(fill: float) -> str:
+    if fill >= 0.9:
+        return "square"
+    if fill >= 0.64:
+        return "circle"
+    return "triangle"
+
+
+def judge_frame(frame: np.ndarray) -> SeenFrame:
+    """What one (H, W, 3) uint8 frame shows."""
+    labels = quantize(frame)
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    background = int(np.bincount(border, minlength=len(_NAMES)).argmax())
+    mask = (labels != background).astype(np.uint8)
+    count, regions, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    objects = []
+    for k in range(1, count):
+        x0, y0, w, h, area = (int(v) for v in stats[k])
+        if area < MIN_AREA:
+            continue
+        shares = np.bincount(labels[regions == k], minlength=len(_NAMES)) / area
+        fill = area / float(w * h)
+        extent = max(w, h)
+        size = min(SIZES, key=lambda s: abs(SIZES[s] - extent))
+        objects.append(
+            SeenObject(
+                shape=_shape_from_fill(fill),
+                colour=_NAMES[int(shares.argmax())],
+                colours={_NAMES[i]: round(float(s), 3) for i, s in enumerate(shares) if s >= 0.2},
+                size=size,
+                x=float(centroids[k][0]),
+                y=float(centroids[k][1]),
+                area=area,
+                fill=round(fill, 3),
+            )
+        )
+    objects.sort(key=lambda o: -o.area)
+    return SeenFrame(_NAMES[background], objects)
+
+
+def judge_video(frames: np.ndarray) -> list[SeenFrame]:
+    return [judge_frame(np.asarray(f)) for f in frames]
+
+
+def motion_of(frames: list[SeenFrame], shape: str | None = None, colour: str | None = None) -> str | None:
+    """The direction the matching object travelled from first to last frame it was seen, or None."""
+    track = []
+    for seen in frames:
+        for obj in seen.objects:
+            if (shape is None or obj.shape == shape) and (colour is None or colour in obj.colours):
+                track.append((obj.x, obj.y))
+                break
+    if len(track) < max(2, len(frames) // 2):
+        return None
+    dx, dy = track[-1][0] - track[0][0], track[-1][1] - track[0][1]
+    if max(abs(dx), abs(dy)) < STILL_BELOW:
+        return "still"
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+def object_matches(obj: SeenObject, wanted: dict, concept: tuple[str, str] | None = None) -> bool:
+    """`wanted` is one object of a Request. A concept token's colour slot matches `concept`
+    (the concept's two colours, upper then lower) when both cover >= 20 % of the region."""
+    if obj.shape != wanted["shape"]:
+        return False
+    colour = wanted["colour"]
+    if colour.startswith("<"):
+        return concept is not None and all(c in obj.colours for c in concept)
+    return obj.colour == colour
+
+
+@dataclass
+class VideoScore:
+    background: float  # share of frames whose background is the asked one (1.0 if not asked)
+    objects: float  # share of frames showing every asked object (shape and colour)
+    motion: bool | None  # the first object travelled the asked way (None: caption says no motion)
+    extra_objects: float  # share of frames with more objects than asked
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_video(frames: np.ndarray, caption: str | Request, concept: tuple[str, str] | None = None) -> VideoScore:
+    """How well a clip shows what its caption asks for."""
+    request = parse_caption(caption) if isinstance(caption, str) else caption
+    seen = judge_video(frames)
+    n = len(seen)
+    background = sum(s.background == request.background for s in seen) / n if request.background else 1.0
+    objects_ok = 0
+    for s in seen:
+        remaining = list(s.objects)
+        ok = True
+        for wanted in request.objects:
+            match = next((o for o in remaining if object_matches(o, wanted, concept)), None)
+            if match is None:
+                ok = False
+                break
+            remaining.remove(match)
+        objects_ok += ok
+    motion = None
+    if request.motion:
+        first = request.objects[0]
+        colour = None if first["colour"].startswith("<") else first["colour"]
+        motion = motion_of(seen, first["shape"], colour) == request.motion
+    extra = sum(len(s.objects) > len(request.objects) for s in seen) / n
+    return VideoScore(background, objects_ok / n, motion, extra)

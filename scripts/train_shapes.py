@@ -1,0 +1,311 @@
+"""Train the Shapes model from scratch on the synthetic world, in resumable stages, on a CPU.
+
+    python scripts/train_shapes.py vae    --work runs/shapes --steps 3000
+    python scripts/train_shapes.py base   --work runs/shapes --steps 5000   # text encoder + UNet on frames
+    python scripts/train_shapes.py motion --work runs/shapes --steps 2500   # motion adapter on 8-frame clips
+    python scripts/train_shapes.py export --work runs/shapes [--to cdvideo/shapes/model]
+
+Each stage keeps `WORK/<stage>/state.pt` (tensors and numbers only, read with weights_only=True)
+every `--save-every` steps and when `--minutes` run out; running the same command again goes on
+from there. Batch k is drawn from a generator seeded with (seed, stage, k), so a resumed run sees
+the same data as an uninterrupted one. The README and docs/shapes-world.md give the wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cdvideo.shapes import model as shapes_model
+from cdvideo.shapes.world import NUM_FRAMES, draw_clip, draw_frame, sample_scene
+
+STAGES = ("vae", "base", "motion")
+STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
+OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
+CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
+EMA_DECAY = 0.999
+
+
+def batch_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STAGE_IDS[stage], step])
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1.0)
+    return x.movedim(-1, -3)
+
+
+def image_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
+    frames, captions = [], []
+    for _ in range(size):
+        scene = sample_scene(rng)
+        frames.append(draw_frame(scene, int(rng.integers(NUM_FRAMES))))
+        captions.append(scene.caption())
+    return to_tensor(np.stack(frames)), captions
+
+
+def clip_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
+    clips, captions = [], []
+    for _ in range(size):
+        scene = sample_scene(rng)
+        scene.say_motion = True  # a clip shows its motion: the caption says it
+        clips.append(draw_clip(scene))
+        captions.append(scene.caption())
+    return to_tensor(np.stack(clips)), captions  # (b, f, 3, H, W)
+
+
+class Stage:
+    """Models, optimizer, EMA copies and the step counter of one stage, saved and restored as one."""
+
+    def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module], params, lr: float,
+                 ema: tuple[str, ...] = ()):
+        self.dir = work / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.modules = modules
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        self.ema = {k: copy.deepcopy(modules[k]).requires_grad_(False) for k in ema}
+        self.step = 0
+        state_path = self.dir / "state.pt"
+        if state_path.exists():
+            state = torch.load(state_path, weights_only=True)
+            for k, m in modules.items():
+                m.load_state_dict(state["modules"][k])
+            for k, m in self.ema.items():
+                m.load_state_dict(state["ema"][k])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            print(f"{name}: resumed at step {self.step}", file=sys.stderr)
+
+    def save(self) -> None:
+        state = dict(modules={k: m.state_dict() for k, m in self.modules.items()},
+                     ema={k: m.state_dict() for k, m in self.ema.items()},
+                     optimizer=self.optimizer.state_dict(), step=self.step)
+        tmp = self.dir / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.dir / "state.pt")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = min(EMA_DECAY, (1 + self.step) / (10 + self.step))  # warm-up: early EMA follows the model
+        for k, ema in self.ema.items():
+            for e, p in zip(ema.parameters(), self.modules[k].parameters()):
+                e.lerp_(p.detach(), 1 - decay)
+
+
+def run(stage: Stage, args, loss_fn) -> None:
+    start = time.time()
+    log = open(stage.dir / "log.jsonl", "a")
+    bar = tqdm(total=args.steps, initial=stage.step, desc=stage.dir.name, unit="step")
+    while stage.step < args.steps:
+        torch.manual_seed(args.seed * 1_000_003 + STAGE_IDS[stage.dir.name] * 100_003 + stage.step)
+        lr_scale = min(1.0, (stage.step + 1) / 200)  # warm-up
+        for group in stage.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * lr_scale
+        loss = loss_fn(batch_rng(args.seed, stage.dir.name, stage.step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in stage.optimizer.param_groups for p in g["params"]], 1.0)
+        stage.optimizer.step()
+        stage.optimizer.zero_grad(set_to_none=True)
+        stage.step += 1
+        stage.update_ema()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(json.dumps(dict(step=stage.step, loss=round(loss.item(), 5), t=round(time.time() - start, 1))) + "\n")
+        out_of_time = args.minutes and time.time() - start > 60 * args.minutes
+        if stage.step % args.save_every == 0 or stage.step == args.steps or out_of_time:
+            stage.save()
+            log.flush()
+        if out_of_time:
+            print(f"{stage.dir.name}: stopped at step {stage.step} after {args.minutes} min; run again to go on",
+                  file=sys.stderr)
+            break
+    bar.close()
+    spent = time.time() - start
+    with open(stage.dir / "wall_time.jsonl", "a") as f:
+        f.write(json.dumps(dict(until_step=stage.step, seconds=round(spent, 1), threads=torch.get_num_threads())) + "\n")
+
+
+def done(work: Path, name: str) -> dict:
+    path = work / name / "state.pt"
+    if not path.exists():
+        sys.exit(f"stage {name!r} has not been trained in {work}: run `python scripts/train_shapes.py {name}` first")
+    return torch.load(path, weights_only=True)
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+def train_vae(args) -> None:
+    torch.manual_seed(args.seed)
+    vae = shapes_model.build_vae()
+    stage = Stage(args.work, "vae", dict(vae=vae), vae.parameters(), lr=args.lr or 1e-3)
+
+    def loss_fn(rng):
+        x, _ = image_batch(rng, args.batch or 32)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+    run(stage, args, loss_fn)
+
+
+def load_vae(work: Path):
+    vae = shapes_model.build_vae()
+    vae.load_state_dict(done(work, "vae")["modules"]["vae"])
+    return vae.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def latent_scale(vae, seed: int) -> float:
+    """SD's scaling_factor: 1 / std of the latents, so diffusion sees unit-variance latents."""
+    x, _ = image_batch(np.random.default_rng([seed, 99]), 512)
+    return float(1.0 / vae.encode(x).latent_dist.mode().std())
+
+
+def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, **unet_kwargs):
+    scheduler = shapes_model.build_scheduler()
+    captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    hidden = text_encoder(ids)[0]
+    if latents.ndim == 5:  # UNetMotionModel wants the text once per frame, as the pipeline gives it
+        hidden = hidden.repeat_interleave(latents.shape[2], dim=0)
+    noise = torch.randn_like(latents)
+    if latents.ndim == 5:  # (b, c, f, h, w): one offset per clip and channel, shared by its frames
+        noise += OFFSET_NOISE * torch.randn(latents.shape[0], latents.shape[1], 1, 1, 1)
+    else:
+        noise += OFFSET_NOISE * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, hidden, **unet_kwargs).sample
+    return F.mse_loss(pred, noise)
+
+
+def train_base(args) -> None:
+    vae = load_vae(args.work)
+    scale = latent_scale(vae, args.seed)
+    torch.manual_seed(args.seed)
+    tokenizer = shapes_model.build_tokenizer()
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    unet = shapes_model.build_unet()
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    stage = Stage(args.work, "base", dict(text_encoder=text_encoder, unet=unet), params, lr=args.lr or 3e-4,
+                  ema=("text_encoder", "unet"))
+
+    def loss_fn(rng):
+        x, captions = image_batch(rng, args.batch or 64)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * scale
+        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng)
+
+    run(stage, args, loss_fn)
+
+
+def base_models(work: Path):
+    """The base stage's EMA text encoder and UNet."""
+    state = done(work, "base")
+    tokenizer = shapes_model.build_tokenizer()
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    text_encoder.load_state_dict(state["ema"]["text_encoder"])
+    unet = shapes_model.build_unet()
+    unet.load_state_dict(state["ema"]["unet"])
+    return tokenizer, text_encoder, unet
+
+
+def train_motion(args) -> None:
+    from diffusers import UNetMotionModel
+
+    vae = load_vae(args.work)
+    scale = latent_scale(vae, args.seed)
+    tokenizer, text_encoder, unet2d = base_models(args.work)
+    torch.manual_seed(args.seed)
+    adapter = shapes_model.build_motion_adapter()
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
+    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
+    # The motion modules learn from scratch; the spatial UNet and text encoder follow at a tenth of
+    # the rate, so that motion words ("moving left") reach the features the motion modules read.
+    lr = args.lr or 5e-4
+    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 10)]
+    stage = Stage(args.work, "motion", dict(text_encoder=text_encoder, unet=unet), params, lr=lr,
+                  ema=("text_encoder", "unet"))
+
+    def loss_fn(rng):
+        clips, captions = clip_batch(rng, args.batch or 8)
+        b, f = clips.shape[:2]
+        with torch.no_grad():
+            latents = vae.encode(clips.flatten(0, 1)).latent_dist.sample() * scale
+        latents = latents.unflatten(0, (b, f)).movedim(1, 2)  # (b, c, f, h, w)
+        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng)
+
+    run(stage, args, loss_fn)
+
+
+def export(args) -> None:
+    """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    from cdvideo.tiny import save_model_dir
+
+    vae = load_vae(args.work)
+    vae.register_to_config(scaling_factor=latent_scale(vae, args.seed))
+    tokenizer = shapes_model.build_tokenizer()
+    state = done(args.work, "motion")
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    text_encoder.load_state_dict(state["ema"]["text_encoder"])
+    unet_motion = UNetMotionModel.from_unet2d(shapes_model.build_unet(), shapes_model.build_motion_adapter())
+    unet_motion.load_state_dict(state["ema"]["unet"])
+    # Split back into SD's UNet and AnimateDiff's adapter: the same two parts a real model has.
+    unet = shapes_model.build_unet()
+    spatial = {k: v for k, v in unet_motion.state_dict().items() if "motion_modules" not in k}
+    missing, unexpected = unet.load_state_dict(spatial, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    adapter = shapes_model.build_motion_adapter()
+    adapter_state = {}
+    for k, v in unet_motion.state_dict().items():
+        if "motion_modules" in k:  # same names in UNetMotionModel and MotionAdapter
+            adapter_state[k] = v
+    missing, unexpected = adapter.load_state_dict(adapter_state, strict=False)
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                      scheduler=shapes_model.build_scheduler(), motion_adapter=adapter)
+    for k in ("vae", "text_encoder", "unet", "motion_adapter"):
+        components[k] = components[k].half()
+    target = Path(args.to)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    save_model_dir(components, target)
+    total = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(f"wrote {target} ({total / 1e6:.1f} MB)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES + ("export",))
+    parser.add_argument("--work", type=Path, default=Path("runs/shapes"), help="where stage states are kept")
+    parser.add_argument("--steps", type=int, default=0, help="total steps of this stage (resumes count)")
+    parser.add_argument("--batch", type=int, default=0, help="images (vae, base) or clips (motion) per step")
+    parser.add_argument("--lr", type=float, default=0.0)
+    parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=shapes_model.SEED)
+    parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or dict(vae=3000, base=5000, motion=2500).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, export=export)[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
