@@ -157,6 +157,22 @@ def test_keep_best_scores_checkpoints_by_heldout_loss(dog_images, tmp_path):
     assert not [w for w in caught if "few" in str(w.message)]
 
 
+def test_a_vae_that_downsamples_by_4_trains(dog_images, tmp_path):
+    """Loss masks follow the VAE's factor: the Shapes model's 32 px frames have 8x8 latents, not 4x4."""
+    from cdvideo.shapes.model import build_vae
+
+    components = load_components()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        components["vae"] = build_vae()  # 3 levels: 32 px -> 8x8 latents
+    # Augmentation (shrunk images: partial masks) and held-out scoring (plain batches) both make masks.
+    result = train(tiny_config(dog_images, tmp_path / "f4.safetensors", keep="best", score="heldout_loss",
+                               checkpoint_every=1), progress=False, components=components)
+    log = np.genfromtxt(result.output_dir / "loss.csv", delimiter=",", names=True)
+    assert len(log) == 2 and np.isfinite(log["diffusion"]).all()
+    assert all(np.isfinite(v) for v in result.scores.values())
+
+
 def test_saved_concept_renders(dog_images, tmp_path, tiny_renderer):
     from cdvideo.config import ConceptSpec, RenderSettings
     from cdvideo.render import render_to_file

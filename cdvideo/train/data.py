@@ -149,12 +149,13 @@ class EpochSampler:
 
 
 def make_batch(examples: list[Example], indices: list[int], size: int, generator: torch.Generator,
-               augment: bool, hflip: bool) -> dict:
-    """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/8, s/8), prompts, concept indices."""
+               augment: bool, hflip: bool, latent_factor: int = 8) -> dict:
+    """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/f, s/f) for the VAE's factor f, prompts, concepts."""
     pixels, masks, prompts = [], [], []
     for index in indices:
         example = examples[index]
-        image, mask, prompt = random_rescale(example.image, example.prompt, size, generator, augment, hflip)
+        image, mask, prompt = random_rescale(example.image, example.prompt, size, generator, augment, hflip,
+                                             latent_factor)
         pixels.append(image)
         masks.append(mask)
         prompts.append(prompt)
@@ -166,9 +167,10 @@ def make_batch(examples: list[Example], indices: list[int], size: int, generator
     }
 
 
-def plain_batch(images: list, prompts: list[str], size: int) -> dict:
+def plain_batch(images: list, prompts: list[str], size: int, latent_factor: int = 8) -> dict:
     """Images resized to the training size without augmentation (held-out scoring, class images)."""
     from PIL import Image
 
     pixels = torch.stack([to_tensor(im.resize((size, size), resample=Image.BILINEAR)) for im in images])
-    return {"pixels": pixels, "masks": torch.ones(len(images), 1, size // 8, size // 8), "prompts": list(prompts)}
+    latent = size // latent_factor
+    return {"pixels": pixels, "masks": torch.ones(len(images), 1, latent, latent), "prompts": list(prompts)}

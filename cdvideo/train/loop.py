@@ -154,6 +154,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     if len(tokenizer) != table.num_embeddings:
         raise ConfigError(f"tokenizer ({len(tokenizer)}) and text encoder ({table.num_embeddings}) sizes differ")
     base_fingerprint = fingerprint_unet(unet)
+    # Loss masks live at latent resolution: SD's VAE downsamples by 8, smaller models (Shapes: 4) by less.
+    latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # 4. Class images for prior preservation, made by the base model before anything changes.
     class_examples: list[Example] = []
@@ -220,7 +222,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         say(note)
     scored = [(im, f"photo of a {tokens[i]} {config.concepts[i].class_word}")
               for i, group in enumerate(heldout_images if has_heldout else instance_images) for im in group]
-    score_batch = plain_batch([im for im, _ in scored], [prompt for _, prompt in scored], size)
+    score_batch = plain_batch([im for im, _ in scored], [prompt for _, prompt in scored], size, latent_factor)
     references = [np.asarray(im) for group in instance_images for im in group]  # for CLIP-I / DINO-I
     validation_prompt = config.validation_prompt or " and ".join(f"a {t} {c.class_word}" for t, c in zip(tokens, config.concepts))
 
@@ -265,12 +267,12 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         for _ in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
                 batch = make_batch(examples, sampler.next_indices(config.batch_size), size, generator,
-                                   config.augment, config.hflip)
+                                   config.augment, config.hflip, latent_factor)
                 pixels, prompts = batch["pixels"], batch["prompts"]
                 n = len(prompts)
                 if class_sampler is not None:
                     chosen = [class_examples[i] for i in class_sampler.next_indices(n)]
-                    prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size)
+                    prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
                     pixels, prompts = torch.cat([pixels, prior["pixels"]]), prompts + prior["prompts"]
                 # Encode, noise, predict: the standard epsilon/v-prediction training step.
                 with torch.no_grad():
