@@ -4,7 +4,8 @@
 
 The estimate is weight bytes (parameters counted from the component config.json files by building
 the models on the meta device: nothing is loaded) plus an activation term that scales with
-frames x height x width, for the UNet (CFG batch of 2) and for the VAE decode (diffusers decodes
+frames x height x width, for the UNet (CFG batch of 2; latent pixels, so a VAE that downsamples
+by 4 rather than SD's 8 counts 4x) and for the VAE decode (diffusers decodes
 16 frames at a time; `--low-vram` slices it to one). The constants are calibrated from peak RSS
 measured at real size on a CPU (docs/performance.md); GPU figures use the same constants scaled by
 the dtype and are unverified. `--low-vram` on CUDA also offloads models to the CPU between uses,
@@ -24,7 +25,8 @@ from cdvideo.errors import ConfigError
 
 # Calibrated on CPU, float32, SD 1.5 + AnimateDiff v2 at real size (docs/performance.md).
 PROCESS_OVERHEAD_BYTES = 450 * 2**20  # python, torch, diffusers and the allocator's slack (CPU only)
-UNET_BYTES_PER_PIXEL_FRAME = 4 * 50.0  # per float32 element: x (frames x H x W) x CFG batch
+UNET_BYTES_PER_PIXEL_FRAME = 4 * 50.0  # per float32 element: x (frames x H x W) x CFG batch, at SD's VAE factor
+CALIBRATED_VAE_FACTOR = 8  # the UNet term follows latent pixels: (8 / factor)^2 more of them per frame pixel
 VAE_BYTES_PER_PIXEL_FRAME = 4 * 1000.0  # per float32 element: x (decode chunk x H x W)
 VAE_DECODE_CHUNK = 16  # diffusers' AnimateDiff decode_chunk_size
 CUDA_OVERHEAD_BYTES = 512 * 2**20  # CUDA context and allocator slack (unverified: no GPU measured)
@@ -121,11 +123,12 @@ def _dtype_bytes(dtype) -> int:
 
 
 def estimate_peak_bytes(counts: dict[str, int], device: str, dtype, height: int, width: int, num_frames: int,
-                        low_vram: bool = False, context_length: int | None = None) -> int:
+                        low_vram: bool = False, context_length: int | None = None,
+                        vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """Estimated peak memory of one render: RSS on the CPU, allocated memory on CUDA.
 
     `counts`: parameters per component (`parameter_counts`). Windows (`context_length`) bound the
-    frames the UNet sees at once.
+    frames the UNet sees at once. `vae_factor`: frame pixels per latent pixel along a side.
     """
     element = _dtype_bytes(dtype)
     scale = element / 4
@@ -137,7 +140,8 @@ def estimate_peak_bytes(counts: dict[str, int], device: str, dtype, height: int,
         weight_bytes = sum(weights.values())
     pixels = height * width
     unet_frames = min(num_frames, context_length) if context_length else num_frames
-    unet = UNET_BYTES_PER_PIXEL_FRAME * scale * 2 * unet_frames * pixels
+    latent_share = (CALIBRATED_VAE_FACTOR / vae_factor) ** 2
+    unet = UNET_BYTES_PER_PIXEL_FRAME * scale * 2 * unet_frames * pixels * latent_share
     chunk = 1 if low_vram else min(num_frames, VAE_DECODE_CHUNK)
     # Tiling (low_vram above the VAE's tile size) bounds the decoded area to about one tile.
     if low_vram and pixels > 512 * 512:
@@ -172,13 +176,15 @@ def gib(n: int) -> str:
 
 def check_memory(settings, preset, device: str, dtype) -> str | None:
     """One line with the estimate; raises when it exceeds free memory (naming --low-vram). None if unknown."""
+    from cdvideo.models import vae_scale_factor
+
     counts = parameter_counts(preset, settings.motion_adapter)
     if counts is None:
         return None
     args = (counts, device, dtype, settings.height, settings.width, settings.num_frames)
-    context = settings.context_length
-    estimate = estimate_peak_bytes(*args, low_vram=settings.low_vram, context_length=context)
-    low = estimate_peak_bytes(*args, low_vram=True, context_length=context)
+    options = dict(context_length=settings.context_length, vae_factor=vae_scale_factor(preset))
+    estimate = estimate_peak_bytes(*args, low_vram=settings.low_vram, **options)
+    low = estimate_peak_bytes(*args, low_vram=True, **options)
     free = available_bytes(device)
     where = "GPU memory" if str(device).startswith("cuda") else "RAM"
     line = (f"peak memory estimate: {gib(estimate)} on {device}"

@@ -2,9 +2,10 @@
 
 A preset (`configs/models/NAME.yaml`) names a base SD 1.5 model, a motion adapter, the sampler
 and render defaults. Sources are hub ids (read through the user's Hugging Face cache, honouring
-HF_HUB_OFFLINE), local diffusers directories, or `builtin:tiny` (built offline on first use and
-then read from its directory like any other). Tests replace nothing here: they load the tiny
-model through this same code.
+HF_HUB_OFFLINE), local diffusers directories, `builtin:tiny` (built offline on first use and
+then read from its directory like any other) or `builtin:shapes` (trained weights shipped inside
+the package, cdvideo/shapes/model/). Tests replace nothing here: they load the tiny and Shapes
+models through this same code.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.hub import hub_offline, hub_reachable
 
 BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = ("tiny", "shapes")
+# SD's VAE: 8 frame pixels per latent pixel along each side. diffusers' AnimateDiff pipeline also
+# asks for frame sizes in multiples of 8, whatever the VAE.
+SD_VAE_SCALE_FACTOR = 8
 MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
 # The components cdvideo reads from a base model, and the file that proves each is present.
 BASE_COMPONENTS = {
@@ -234,14 +239,41 @@ def _local_file(source: str, relative: str) -> Path | None:
 
 def resolve_source(source: str) -> str:
     """Turn `builtin:NAME` into its local directory; leave hub ids and paths as they are."""
-    if source.startswith(BUILTIN_PREFIX):
-        name = source[len(BUILTIN_PREFIX) :]
-        if name != "tiny":
-            raise ConfigError(f"unknown built-in model {source!r}; the only one is 'builtin:tiny'")
+    if not source.startswith(BUILTIN_PREFIX):
+        return source
+    name = source[len(BUILTIN_PREFIX) :]
+    if name == "tiny":
         from cdvideo.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model())
-    return source
+    if name == "shapes":
+        return str(shapes_model_dir())
+    raise ConfigError(f"unknown built-in model {source!r}; choose from "
+                      + ", ".join(f"'{BUILTIN_PREFIX}{n}'" for n in BUILTIN_MODELS))
+
+
+def shapes_model_dir() -> Path:
+    """The Shapes model shipped in the package; refused, saying how to rebuild it, where an install lacks it."""
+    from cdvideo.shapes.model import MODEL_DIR
+
+    if not (MODEL_DIR / "model_index.json").is_file():
+        raise ModelNotAvailableError(
+            f"the shipped Shapes weights are missing from this install ({MODEL_DIR} has no model_index.json): "
+            "rebuild them with `python scripts/train_shapes.py STAGE --work runs/shapes` for STAGE in vae, base, "
+            f"motion, then `python scripts/train_shapes.py export --work runs/shapes --to {MODEL_DIR}`"
+        )
+    return MODEL_DIR
+
+
+def _builtin_missing(source: str) -> str | None:
+    """Why a built-in model cannot be had, or None: tiny is built on demand, Shapes must have shipped."""
+    if source != f"{BUILTIN_PREFIX}shapes":
+        return None
+    try:
+        shapes_model_dir()
+    except ModelNotAvailableError as error:
+        return str(error)
+    return None
 
 
 def _adapter_location(source: str) -> tuple[str, str | None]:
@@ -266,8 +298,11 @@ def _looks_local(source: str) -> bool:
 def missing_weights(preset: ModelPreset, motion_adapter: str | None = None,
                     base_only: bool = False) -> list[tuple[str, str, str]]:
     """(source, what, reason) for each model that is neither a local directory nor in the HF cache."""
-    if preset.base.startswith(BUILTIN_PREFIX):
-        return []  # built locally on demand
+    if preset.base.startswith(BUILTIN_PREFIX):  # built locally on demand, or shipped in the package
+        adapter = motion_adapter or preset.motion_adapter
+        sources = [(preset.base, "base model")]
+        sources += [] if base_only or adapter == preset.base else [(adapter, "motion adapter")]
+        return [(source, what, reason) for source, what in sources if (reason := _builtin_missing(source))]
     checks = [(preset.base, "base model", list(BASE_COMPONENTS.values()))]
     if _is_weight_file(preset.base):  # a single file: its weights are here, the configs must be too
         config = resolve_source(_single_file_config(preset))
@@ -302,6 +337,8 @@ def check_available(preset: ModelPreset, motion_adapter: str | None = None, base
     `base_only` checks the base model alone (training needs no motion adapter).
     """
     for source, what, reason in missing_weights(preset, motion_adapter, base_only):
+        if source.startswith(BUILTIN_PREFIX):
+            raise ModelNotAvailableError(reason)  # says how to rebuild it
         if _looks_local(source):
             raise _not_available(source, what, reason)
         if hub_offline():
@@ -328,6 +365,20 @@ def motion_max_frames(preset: ModelPreset, motion_adapter: str | None = None) ->
         if config is not None:
             return int(json.loads(config.read_text()).get("motion_max_seq_length", preset.max_frames))
     return preset.max_frames
+
+
+def vae_scale_factor(preset: ModelPreset) -> int:
+    """Frame pixels per latent pixel along a side, from the base model's local VAE config (as diffusers
+    computes it); SD's 8 where there is no local config (a hub model not yet downloaded)."""
+    base = _single_file_config(preset) if _is_weight_file(preset.base) else preset.base
+    try:
+        base = resolve_source(base)
+    except ModelNotAvailableError:  # check_available says what is missing, when it is needed
+        return SD_VAE_SCALE_FACTOR
+    config = _local_file(base, "vae/config.json")
+    if config is None:
+        return SD_VAE_SCALE_FACTOR
+    return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
 
 
 def resolve_device(device: str) -> str:

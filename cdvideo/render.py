@@ -38,7 +38,8 @@ from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_
 from cdvideo.formats.concepts import source_sha256
 from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
-from cdvideo.models import SCHEDULERS, ModelPreset, check_available, load_preset, motion_max_frames
+from cdvideo.models import (SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelPreset, check_available, load_preset,
+                            motion_max_frames, vae_scale_factor)
 
 SIDECAR_FORMAT = "cdvideo.render"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
@@ -70,10 +71,14 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
     """Validate resolved settings before any model is loaded; each message names the setting."""
     if not settings.prompt or not settings.prompt.strip():
         raise ConfigError("prompt is empty: pass --prompt \"a <new1> dog running on the beach\"")
+    factor = vae_scale_factor(preset)
+    # diffusers' AnimateDiff pipeline refuses sizes that are not multiples of 8, whatever the VAE.
+    multiple = max(factor, SD_VAE_SCALE_FACTOR)
+    why = f"latents are 1/{factor} of the frame" + ("" if factor == multiple else "; diffusers asks for multiples of 8")
     for name in ("height", "width"):
         value = getattr(settings, name)
-        if value <= 0 or value % 8:
-            raise ConfigError(f"{name} must be a positive multiple of 8 (latents are 1/8 of the frame), got {value}")
+        if value <= 0 or value % multiple:
+            raise ConfigError(f"{name} must be a positive multiple of {multiple} ({why}), got {value}")
     if preset.allowed_steps and settings.steps not in preset.allowed_steps:
         raise ConfigError(f"steps must be one of {', '.join(map(str, preset.allowed_steps))} for the {preset.name} "
                           f"preset (a distilled sampler), got {settings.steps}")
