@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,25 @@ def make_concept(pipeline, seed=0, token="<new1>", class_word="dog", vectors=1, 
         base_fingerprint=fingerprint_unet(pipeline.unet),
         method="test",
     )
+
+
+def plain_diffusers_frames(directory, settings, scheduler_config: dict) -> np.ndarray:
+    """The frames a plain diffusers script renders from a model directory, as uint8 (f, h, w, 3).
+
+    `AnimateDiffPipeline.from_pretrained` with the directory's own `motion_adapter/`, DDIM with the
+    preset's `scheduler_config` on top of the directory's, and a CPU generator seeded with
+    `settings.seed`: what cdvideo's frames must equal. float32 is asked for explicitly: without it
+    transformers 5 keeps a text encoder saved in float16 (Shapes) in float16 while diffusers loads
+    the rest in float32, and the call fails on the CPU with a dtype mismatch.
+    """
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(Path(directory) / "motion_adapter", dtype=torch.float32)
+    plain = AnimateDiffPipeline.from_pretrained(directory, motion_adapter=adapter, dtype=torch.float32)
+    plain.scheduler = DDIMScheduler.from_pretrained(directory, subfolder="scheduler", **scheduler_config)
+    plain.set_progress_bar_config(disable=True)
+    frames = plain(prompt=settings.prompt, negative_prompt=settings.negative_prompt, num_frames=settings.num_frames,
+                   height=settings.height, width=settings.width, num_inference_steps=settings.steps,
+                   guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
+                   output_type="np").frames[0]
+    return (frames * 255).round().astype(np.uint8)

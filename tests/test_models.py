@@ -9,6 +9,7 @@ from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.models import list_presets, load_preset
 from cdvideo.render import render_frames
 from cdvideo.tiny import tiny_model_dir
+from conftest import plain_diffusers_frames
 
 REQUEST = RenderSettings(prompt="a dog running", negative_prompt="bad quality", num_frames=4, height=32, width=32,
                          steps=2, guidance_scale=7.5, seed=11)
@@ -32,22 +33,11 @@ def test_unknown_preset_key_is_named(tmp_path):
         load_preset(str(path))
 
 
-def test_plain_diffusers_reads_the_tiny_directory_and_gives_identical_frames(tiny_pipeline):
+def test_plain_diffusers_reads_the_tiny_directory_and_gives_identical_frames(tiny_preset, tiny_pipeline):
     """The tiny model is an ordinary diffusers layout; cdvideo's frames equal a plain diffusers script's."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
-
-    directory = tiny_model_dir()
-    adapter = MotionAdapter.from_pretrained(directory / "motion_adapter")
-    plain = AnimateDiffPipeline.from_pretrained(directory, motion_adapter=adapter)
-    plain.scheduler = DDIMScheduler.from_pretrained(
-        directory, subfolder="scheduler", beta_schedule="linear", clip_sample=False,
-        timestep_spacing="linspace", steps_offset=1)
-    plain.set_progress_bar_config(disable=True)
-    expected = plain(prompt=REQUEST.prompt, negative_prompt=REQUEST.negative_prompt, num_frames=4, height=32,
-                     width=32, num_inference_steps=2, guidance_scale=7.5,
-                     generator=torch.Generator().manual_seed(11), output_type="np").frames[0]
+    expected = plain_diffusers_frames(tiny_model_dir(), REQUEST, tiny_preset.scheduler_config)
     ours = render_frames(tiny_pipeline, REQUEST, progress=False)
-    assert np.array_equal(ours, (expected * 255).round().astype(np.uint8))
+    assert np.array_equal(ours, expected)
 
 
 def test_model_directory_works_as_model(tiny_pipeline):
