@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the architecture or the seed changes, so an old cached copy is not reused.
-TINY_VERSION = 1
+TINY_VERSION = 2
 TINY_SEED = 0
 
 # Words that get their own token (a whole-word BPE merge); any other text still tokenizes,
@@ -77,6 +77,18 @@ SCHEDULER_CONFIG = dict(
 )
 
 
+def _apply_merges(parts: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """BPE as CLIP's tokenizer runs it: repeatedly join the adjacent pair with the lowest rank."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
+    return parts
+
+
 def build_tokenizer(words=_WORDS, model_max_length: int = 77):
     """A CLIP BPE tokenizer over printable ASCII plus whole-word merges for `words`."""
     from transformers import CLIPTokenizer
@@ -86,12 +98,13 @@ def build_tokenizer(words=_WORDS, model_max_length: int = 77):
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     merges: list[tuple[str, str]] = []
     for word in words:
-        # Merge left to right: ("d", "o"), ("do", "g</w>") makes "dog</w>" one token.
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        # Start from what the merges so far make of the word (an earlier word's ("a", "n") fires
+        # inside "triangle" before any of triangle's own merges would), then join left to right.
+        # New merges rank after all earlier ones, so they never break an earlier word.
+        parts = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], merges)
         while len(parts) > 1:
             pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
+            merges.append(pair)
             vocab.setdefault(pair[0] + pair[1], len(vocab))
             parts = [pair[0] + pair[1]] + parts[2:]
     vocab["<|startoftext|>"] = len(vocab)
