@@ -10,16 +10,18 @@ from cdvideo.metrics.consistency import background_consistency, clip_temporal_co
 from cdvideo.metrics.fidelity import clip_i, clip_t, dino_i
 from cdvideo.metrics.motion import dynamic_degree, motion_magnitude
 from cdvideo.metrics.pixel import temporal_flickering
+from cdvideo.metrics.shapes import shapes_caption_match
 from cdvideo.metrics.warping import warping_error
 
 Metric = Callable[[Video, EvalContext], MetricResult]
 
-# In report order: pixel and flow metrics first (no weights, always available offline).
+# In report order: pixel and flow metrics first, then the Shapes judge (no weights, always available offline).
 METRICS: dict[str, Metric] = {
     "temporal_flickering": temporal_flickering,
     "warping_error": warping_error,
     "motion_magnitude": motion_magnitude,
     "dynamic_degree": dynamic_degree,
+    "shapes": shapes_caption_match,
     "clip_temporal_consistency": clip_temporal_consistency,
     "subject_consistency": subject_consistency,
     "background_consistency": background_consistency,
@@ -29,7 +31,7 @@ METRICS: dict[str, Metric] = {
 }
 
 # Metrics that need no model weights.
-OFFLINE_METRICS = ("temporal_flickering", "warping_error", "motion_magnitude", "dynamic_degree")
+OFFLINE_METRICS = ("temporal_flickering", "warping_error", "motion_magnitude", "dynamic_degree", "shapes")
 
 
 def get_metric(name: str) -> Metric:
