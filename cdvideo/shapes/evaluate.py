@@ -14,7 +14,7 @@ background") the concept and the rest of the composition judged apart (`judge_co
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -62,9 +62,7 @@ class JudgedClip:
     frames: np.ndarray | None = field(default=None, repr=False)  # (f, h, w, 3) uint8, when asked for
 
     def to_dict(self) -> dict:
-        row = asdict(self)
-        row.pop("frames")
-        return row
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "frames"}
 
 
 def judge_clip(frames: np.ndarray, prompt: str, seed: int = 0, concept: tuple[str, str] | None = CONCEPT_COLOURS,
