@@ -233,10 +233,10 @@ def train_motion(args) -> None:
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
-    # The motion modules learn from scratch; the spatial UNet and text encoder follow at a tenth of
+    # The motion modules learn from scratch; the spatial UNet and text encoder follow at a quarter of
     # the rate, so that motion words ("moving left") reach the features the motion modules read.
     lr = args.lr or 5e-4
-    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 10)]
+    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 4)]
     stage = Stage(args.work, "motion", dict(text_encoder=text_encoder, unet=unet), params, lr=lr,
                   ema=("text_encoder", "unet"))
 
