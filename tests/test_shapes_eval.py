@@ -6,6 +6,7 @@ Frames come from the world's own generator, whose truth is known, so a perfect c
 
 import numpy as np
 import pytest
+from conftest import EXAMPLE_CONCEPT
 
 from cdvideo.metrics import OFFLINE_METRICS, EvalContext, MetricResult, Unavailable, Video, evaluate_video, get_metric
 from cdvideo.shapes import evaluate, world
@@ -133,3 +134,12 @@ def test_render_and_judge_renders_the_world_size_once_per_item(tiny_renderer):
     assert "frames" not in clips[0].to_dict() and clips[0].to_dict()["guidance_scale"] == 1.0
     with pytest.raises(ValueError, match="not a Shapes-world caption"):
         evaluate.render_and_judge([("a dog", 0)], tiny_renderer, steps=1)
+
+
+def test_render_clips_applies_the_concept_for_its_renders_only(tiny_renderer):
+    item = [("a <new1> circle on a white background", 5)]
+    plain = [frames for _, frames in evaluate.render_clips(item, tiny_renderer, steps=1)]
+    with_concept = [frames for _, frames in evaluate.render_clips(item, tiny_renderer, steps=1, concept=EXAMPLE_CONCEPT)]
+    after = [frames for _, frames in evaluate.render_clips(item, tiny_renderer, steps=1)]
+    assert not np.array_equal(plain[0], with_concept[0])
+    assert np.array_equal(plain[0], after[0])
