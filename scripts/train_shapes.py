@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -175,8 +176,14 @@ def latent_scale(vae, seed: int) -> float:
     return float(1.0 / vae.encode(x).latent_dist.mode().std())
 
 
+@functools.lru_cache(maxsize=1)
+def noise_scheduler():
+    """Built once: only its noise schedule is used, by every step."""
+    return shapes_model.build_scheduler()
+
+
 def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, **unet_kwargs):
-    scheduler = shapes_model.build_scheduler()
+    scheduler = noise_scheduler()
     captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids

@@ -124,9 +124,6 @@ def sample_scene(rng: np.random.Generator, *, split: str = "train", max_objects:
     return Scene(background, objects, motion, say_size=bool(rng.random() < 0.5), say_motion=bool(rng.random() < 0.8))
 
 
-_PIXEL_CENTRES = np.arange(SIZE, dtype=np.float32) + 0.5
-
-
 def shape_mask(shape: str, cx: float, cy: float, extent: float, size: int = SIZE) -> np.ndarray:
     """Which pixels (by their centres) the shape covers: hard edges, no anti-aliasing."""
     xs = np.arange(size, dtype=np.float32)[None, :] + 0.5
