@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cdvideo.shapes import model as shapes_model
-from cdvideo.shapes.world import NUM_FRAMES, draw_clip, draw_frame, sample_scene
+from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene
 
-STAGES = ("vae", "base", "motion")
+STAGES = ("vae", "base", "motion", "decoder", "words")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
@@ -56,6 +56,24 @@ def image_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list
         frames.append(draw_frame(scene, int(rng.integers(NUM_FRAMES))))
         captions.append(scene.caption())
     return to_tensor(np.stack(frames)), captions
+
+
+def two_tone_batch(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """World frames whose objects get a second colour for their lower half, as concepts have.
+
+    Only the VAE's decoder sees these (the text-to-video stages never do): like SD's VAE, ours must
+    be able to show things the captions cannot name, or no concept could be learned through it.
+    The example concept's own pair (yellow over blue) is left out, so the concept stays unseen.
+    """
+    frames = []
+    for _ in range(size):
+        scene = sample_scene(rng, split="any")
+        for obj in scene.objects:
+            pairs = [c for c in COLOURS if c not in (obj.colour, scene.background)
+                     and (obj.colour, c) != (CONCEPT["upper"], CONCEPT["lower"])]
+            obj.lower_colour = str(rng.choice(pairs))
+        frames.append(draw_frame(scene, int(rng.integers(NUM_FRAMES))))
+    return to_tensor(np.stack(frames))
 
 
 def clip_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
@@ -163,9 +181,9 @@ def train_vae(args) -> None:
     run(stage, args, loss_fn)
 
 
-def load_vae(work: Path):
+def load_vae(work: Path, stage: str = "vae"):
     vae = shapes_model.build_vae()
-    vae.load_state_dict(done(work, "vae")["modules"]["vae"])
+    vae.load_state_dict(done(work, stage)["modules"]["vae"])
     return vae.requires_grad_(False).eval()
 
 
@@ -232,22 +250,23 @@ def base_models(work: Path):
     return tokenizer, text_encoder, unet
 
 
-def train_motion(args) -> None:
+def motion_models(work: Path, stage: str):
+    """A motion stage's EMA text encoder and UNetMotionModel."""
     from diffusers import UNetMotionModel
 
+    state = done(work, stage)
+    tokenizer = shapes_model.build_tokenizer()
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    text_encoder.load_state_dict(state["ema"]["text_encoder"])
+    unet = UNetMotionModel.from_unet2d(shapes_model.build_unet(), shapes_model.build_motion_adapter())
+    unet.load_state_dict(state["ema"]["unet"])
+    return tokenizer, text_encoder, unet
+
+
+def train_on_clips(args, name: str, tokenizer, text_encoder, unet, params) -> None:
     vae = load_vae(args.work)
     scale = latent_scale(vae, args.seed)
-    tokenizer, text_encoder, unet2d = base_models(args.work)
-    torch.manual_seed(args.seed)
-    adapter = shapes_model.build_motion_adapter()
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
-    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
-    # The motion modules learn from scratch; the spatial UNet and text encoder follow at a quarter of
-    # the rate, so that motion words ("moving left") reach the features the motion modules read.
-    lr = args.lr or 5e-4
-    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 4)]
-    stage = Stage(args.work, "motion", dict(text_encoder=text_encoder, unet=unet), params, lr=lr,
+    stage = Stage(args.work, name, dict(text_encoder=text_encoder, unet=unet), params, lr=params[0]["lr"],
                   ema=("text_encoder", "unet"))
 
     def loss_fn(rng):
@@ -261,20 +280,76 @@ def train_motion(args) -> None:
     run(stage, args, loss_fn)
 
 
+def train_motion(args) -> None:
+    from diffusers import UNetMotionModel
+
+    tokenizer, text_encoder, unet2d = base_models(args.work)
+    torch.manual_seed(args.seed)
+    adapter = shapes_model.build_motion_adapter()
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
+    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
+    # The motion modules learn from scratch; the spatial UNet and text encoder follow at a quarter of
+    # the rate, so that motion words ("moving left") reach the features the motion modules read.
+    lr = args.lr or 5e-4
+    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 4)]
+    train_on_clips(args, "motion", tokenizer, text_encoder, unet, params)
+
+
+def train_words(args) -> None:
+    """Go on from the motion stage with the text path at full rate, so motion words steer the motion.
+
+    AnimateDiff's motion modules attend over frames only and never see the text: "moving left" can
+    reach them only through the spatial cross-attention's output. The base stage trained that on
+    single frames, where motion words mean nothing, so it learned to ignore them; after the motion
+    stage the direction still followed the seed, not the words. Here cross-attention (attn2) and the
+    text encoder train at the motion modules' rate, the rest of the spatial UNet at a tenth.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "motion")
+    lr = args.lr or 5e-4
+    groups = dict(motion=[], words=list(text_encoder.parameters()), rest=[])
+    for n, p in unet.named_parameters():
+        groups["motion" if "motion_modules" in n else "words" if ".attn2." in n else "rest"].append(p)
+    params = [dict(params=groups["motion"], lr=lr), dict(params=groups["words"], lr=lr),
+              dict(params=groups["rest"], lr=lr / 10)]
+    train_on_clips(args, "words", tokenizer, text_encoder, unet, params)
+
+
+def train_decoder(args) -> None:
+    """Fine-tune the VAE's decoder on world frames plus two-tone objects; the encoder stays frozen.
+
+    The first VAE saw one-colour objects only and decodes a yellow-over-blue circle as yellow over
+    red, so no concept trained through it could come out right. Freezing the encoder keeps the latent
+    space, so the UNet and motion modules trained on it stay valid: the way SD's own VAE decoder was
+    fine-tuned after its UNet (sd-vae-ft-mse).
+    """
+    vae = load_vae(args.work)
+    vae.decoder.requires_grad_(True).train()
+    vae.post_quant_conv.requires_grad_(True)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    stage = Stage(args.work, "decoder", dict(vae=vae), params, lr=args.lr or 2e-4)
+
+    def loss_fn(rng):
+        half = (args.batch or 32) // 2
+        x, _ = image_batch(rng, half)
+        x = torch.cat([x, two_tone_batch(rng, half)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        recon = vae.decode(z).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+
+    run(stage, args, loss_fn)
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from diffusers import MotionAdapter, UNetMotionModel
 
     from cdvideo.tiny import save_model_dir
 
-    vae = load_vae(args.work)
+    vae = load_vae(args.work, "decoder")
     vae.register_to_config(scaling_factor=latent_scale(vae, args.seed))
-    tokenizer = shapes_model.build_tokenizer()
-    state = done(args.work, "motion")
-    text_encoder = shapes_model.build_text_encoder(tokenizer)
-    text_encoder.load_state_dict(state["ema"]["text_encoder"])
-    unet_motion = UNetMotionModel.from_unet2d(shapes_model.build_unet(), shapes_model.build_motion_adapter())
-    unet_motion.load_state_dict(state["ema"]["unet"])
+    tokenizer, text_encoder, unet_motion = motion_models(args.work, args.motion_stage)
     # Split back into SD's UNet and AnimateDiff's adapter: the same two parts a real model has.
     unet = shapes_model.build_unet()
     spatial = {k: v for k, v in unet_motion.state_dict().items() if "motion_modules" not in k}
@@ -311,11 +386,13 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=shapes_model.SEED)
+    parser.add_argument("--motion-stage", default="words", choices=("motion", "words"),
+                        help="export: the stage whose text encoder, UNet and motion modules ship")
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":
