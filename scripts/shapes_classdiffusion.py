@@ -76,6 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="every clip's scores (default: WORK/results.json)")
     parser.add_argument("--markdown", type=Path, default=None, help="the tables (default: WORK/results.md)")
     parser.add_argument("--example-out", type=Path, default=None, help="copy the ClassDiffusion concept here")
+    # Captions in the world's own grammar: the Shapes model never saw "photo" or "of" in training.
+    parser.add_argument("--instance-prompt", default="a {token} {class_word} on a black background",
+                        help="caption of the training images (cdvideo train --instance-prompt)")
+    parser.add_argument("--spl-prompt", default="a {token} {class_word}",
+                        help="SPL's phrase, with and without the token (cdvideo train --spl-prompt)")
+    parser.add_argument("--initializer-token", default="circle",
+                        help="the new token starts from this word's embedding (cdvideo train --initializer-token)")
     parser.add_argument("--retrain", action="store_true", help="train the concepts again even if WORK has them")
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "seeds", "batch"):
@@ -112,6 +119,8 @@ def train_command(args, images: Path, spl_weight: float, out: Path) -> list[str]
         # 12) and prefixes "a far away" / "zoomed in", words outside the Shapes vocabulary.
         "--no-augment",
         "--spl-weight", str(spl_weight),
+        "--instance-prompt", args.instance_prompt, "--spl-prompt", args.spl_prompt,
+        "--initializer-token", args.initializer_token,
         "--seed", str(args.train_seed),
         "--checkpoint-every", str(args.steps),
         "--no-validation-video",  # the clips below are the validation

@@ -44,12 +44,13 @@ def load_components():
     return load_training_components(load_preset("tiny"), device="cpu", dtype=torch.float32)
 
 
-def phrase_distance(components, token="<new1>", class_word="dog"):
+def phrase_distance(components, token="<new1>", class_word="dog", template="a photo of a {} {}"):
     """1 - cos of the EOS features of 'a photo of a <new1> dog' and 'a photo of a dog' with trained components."""
     from cdvideo.train.losses import text_features
 
     tokenizer, encoder = components["tokenizer"], components["text_encoder"]
-    ids = tokenizer([f"a photo of a {token} {class_word}", f"a photo of a {class_word}"], padding="max_length",
+    phrases = [" ".join(template.format(token, class_word).split()), " ".join(template.format("", class_word).split())]
+    ids = tokenizer(phrases, padding="max_length",
                     max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         features = text_features(encoder, ids, tokenizer.eos_token_id, "eos")
@@ -107,6 +108,37 @@ def test_spl_keeps_the_token_closer_to_its_class(dog_images, tmp_path):
                           spl_weight=weight), progress=False, components=components)
         distances[weight] = phrase_distance(components)
     assert distances[1.0] < distances[0.0], distances
+
+
+def test_captions_follow_the_instance_and_spl_prompts(dog_images, tmp_path):
+    from cdvideo.concept import load_concept
+
+    default = tmp_path / "default.safetensors"
+    train(tiny_config(dog_images, default, learning_rate=1e-3), progress=False)
+    snow = tmp_path / "snow.safetensors"
+    train(tiny_config(dog_images, snow, learning_rate=1e-3, instance_prompt="a {token} {class_word} in the snow"),
+          progress=False)
+    a, b = load_concept(default), load_concept(snow)
+    assert any(not torch.equal(a.deltas[k], b.deltas[k]) for k in a.deltas), "the caption was ignored"
+
+    # SPL pulls together the pair made from spl_prompt, not the default "a photo of a" pair.
+    template = "a {} {} on the grass"
+    distances = {}
+    for weight in (0.0, 1.0):
+        components = load_components()
+        train(tiny_config(dog_images, tmp_path / f"grass{weight}.safetensors", learning_rate=1e-3, spl_weight=weight,
+                          spl_prompt="a {token} {class_word} on the grass"), progress=False, components=components)
+        distances[weight] = phrase_distance(components, template=template)
+    assert distances[1.0] < distances[0.0], distances
+
+
+def test_a_prompt_template_without_its_placeholders_is_one_line(dog_images, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="instance_prompt .* must name {token} and {class_word}"):
+        train(tiny_config(dog_images, tmp_path / "x.safetensors", instance_prompt="a photo of a {tok} dog"))
+    assert main(["train", "--images", str(dog_images), "--class-word", "dog", "--out", str(tmp_path / "x.safetensors"),
+                 "--spl-prompt", "a photo of a dog"]) == 2
+    err = capsys.readouterr().err
+    assert "spl_prompt 'a photo of a dog' must name {token} and {class_word}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_resume_equals_an_uninterrupted_run(dog_images, tmp_path):

@@ -21,6 +21,13 @@ SCORES = ("auto", "heldout_loss", "clip_i", "dino_i")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
+def fill_prompt(template: str, token: str | None, class_word: str) -> str:
+    """A prompt template with its concept filled in; token None leaves the token out (the class phrase)."""
+    if token is None:
+        template = template.replace("{token}", "")
+    return " ".join(template.format(token=token, class_word=class_word).split())
+
+
 @dataclass
 class ConceptData:
     """One subject to learn: a folder of photos and the class it belongs to."""
@@ -62,6 +69,12 @@ class TrainConfig:
     spl_pooling: str = "eos"
     # A rare, unrelated token, so the new token starts without the class's meaning.
     initializer_token: str = "ktn"
+    # The caption of every training image ({token} and {class_word} filled in per concept): the
+    # official runs' "photo of a <new1> dog". A model trained on captions of another form wants its
+    # own (the Shapes model: "a {token} {class_word} on a black background").
+    instance_prompt: str = "photo of a {token} {class_word}"
+    # SPL's pair: this phrase with the token and without it ("a photo of a <new1> dog" / "a photo of a dog").
+    spl_prompt: str = "a photo of a {token} {class_word}"
     # Custom Diffusion's random rescale with "far away"/"zoomed in" prompt prefixes and a valid-region mask.
     augment: bool = True
     hflip: bool = True
@@ -124,6 +137,15 @@ class TrainConfig:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)} or cuda:N")
+        for name in ("instance_prompt", "spl_prompt"):
+            template = getattr(self, name)
+            try:
+                filled = fill_prompt(template, "<t>", "c")
+            except (KeyError, IndexError, ValueError):
+                filled = ""
+            if "<t>" not in filled or "{class_word}" not in template:
+                raise ConfigError(f"{name} {template!r} must name {{token}} and {{class_word}} and nothing else in braces, "
+                                  "e.g. 'photo of a {token} {class_word}'")
         tokens = self.tokens()
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"two concepts share a token: {tokens}")

@@ -25,7 +25,7 @@ from torch import nn
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
 from cdvideo.errors import ConfigError
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig
+from cdvideo.train.config import TrainConfig, fill_prompt
 from cdvideo.train.data import EpochSampler, Example, load_image_folder, make_batch, plain_batch, warn_if_few
 from cdvideo.train.losses import eos_positions, masked_diffusion_loss, spl_loss, text_features
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
@@ -207,20 +207,20 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
 
     # 7. Data, the fixed SPL class features, and the scorer.
-    examples = [Example(im, f"photo of a {tokens[i]} {c.class_word}", i)
+    examples = [Example(im, fill_prompt(config.instance_prompt, tokens[i], c.class_word), i)
                 for i, (c, images) in enumerate(zip(config.concepts, instance_images)) for im in images]
     sampler = EpochSampler(len(examples), generator)
     class_sampler = EpochSampler(len(class_examples), generator) if class_examples else None
     eos_id = tokenizer.eos_token_id
-    token_phrase_ids = _tokenize(tokenizer, [f"a photo of a {t} {c.class_word}" for t, c in zip(tokens, config.concepts)], device)
+    token_phrase_ids = _tokenize(tokenizer, [fill_prompt(config.spl_prompt, t, c.class_word) for t, c in zip(tokens, config.concepts)], device)
     with torch.no_grad():
-        class_ids = _tokenize(tokenizer, [f"a photo of a {c.class_word}" for c in config.concepts], device)
+        class_ids = _tokenize(tokenizer, [fill_prompt(config.spl_prompt, None, c.class_word) for c in config.concepts], device)
         class_features = text_features(text_encoder, class_ids, eos_id, config.spl_pooling)  # (k, d)
     has_heldout = any(heldout_images)
     scorer, note = choose_scorer(config.score, str(device), has_heldout) if config.keep == "best" else (None, None)
     if note:
         say(note)
-    scored = [(im, f"photo of a {tokens[i]} {config.concepts[i].class_word}")
+    scored = [(im, fill_prompt(config.instance_prompt, tokens[i], config.concepts[i].class_word))
               for i, group in enumerate(heldout_images if has_heldout else instance_images) for im in group]
     score_batch = plain_batch([im for im, _ in scored], [prompt for _, prompt in scored], size, latent_factor)
     references = [np.asarray(im) for group in instance_images for im in group]  # for CLIP-I / DINO-I
