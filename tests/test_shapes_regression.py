@@ -39,3 +39,27 @@ def test_held_out_prompt_is_rendered_right(renderer, prompt, seed):
     seen = [(f.background, [(o.colour, o.shape) for o in f.objects]) for f in judge_video(frames)]
     assert score.background >= 0.8 and score.objects >= 0.8, (score, seen)
     assert motion_of(judge_video(frames), request.objects[0]["shape"], request.objects[0]["colour"]) is not None, seen
+
+
+def test_the_vae_reconstructs_the_concept_it_never_saw(renderer):
+    """A concept can only be learned through a VAE that can show it (the first Shapes VAE decoded the
+    yellow-over-blue circle as yellow over red): encode + decode keeps both of its colours."""
+    import numpy as np
+    import torch
+
+    from cdvideo.shapes.evaluate import CONCEPT_COLOURS
+    from cdvideo.shapes.judge import judge_frame, object_matches
+    from cdvideo.shapes.world import concept_scene, draw_frame
+
+    rng = np.random.default_rng(7)
+    backgrounds = ["black", "white", "red", "green"]
+    frames = np.stack([draw_frame(concept_scene(rng, background=backgrounds[i % 4]), 0) for i in range(16)])
+    vae = renderer.pipeline.vae
+    x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2).to(vae.dtype)
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    decoded = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    wanted = dict(shape="circle", colour="<new1>", size=None)
+    seen = [judge_frame(frame) for frame in decoded]
+    hits = [any(object_matches(o, wanted, CONCEPT_COLOURS) for o in s.objects) for s in seen]
+    assert sum(hits) >= 14, [(s.background, [(o.shape, o.colours) for o in s.objects]) for s in seen]
