@@ -153,3 +153,22 @@ def test_unknown_builtin_names_the_ones_there_are():
     with pytest.raises(ConfigError, match="unknown built-in model 'builtin:shape'; choose from 'builtin:tiny', "
                                           "'builtin:shapes'"):
         resolve_source("builtin:shape")
+
+
+def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
+    """scripts/shapes_motion_words.py: the measurement behind docs/shapes-world.md's motion section."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "shapes_motion_words.py"
+    spec = importlib.util.spec_from_file_location("shapes_motion_words", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    clips, right, wrong = script.moving_clips(3, seed=1)
+    assert clips.shape == (3, 8, 32, 32, 3)
+    for r, w in zip(right, wrong):  # one word apart, and that word is the opposite direction
+        changed = [(a, b) for a, b in zip(r.split(), w.split()) if a != b]
+        assert len(r.split()) == len(w.split()) and len(changed) == 1 and script.OPPOSITE[changed[0][0]] == changed[0][1]
+    assert script.main(["--clips", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| t ") == 4 and "colour word (red / green)" in out
