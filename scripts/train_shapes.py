@@ -32,7 +32,7 @@ from tqdm import tqdm
 from cdvideo.shapes import model as shapes_model
 from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene
 
-STAGES = ("vae", "base", "motion", "decoder", "words")
+STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
@@ -50,11 +50,14 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-def image_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
+def image_batch(rng: np.random.Generator, size: int, start_frames: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Single frames and their captions. start_frames: a caption that states the motion gets the
+    clip's first frame, where the motion shows (an object moving left starts on the right)."""
     frames, captions = [], []
     for _ in range(size):
         scene = sample_scene(rng)
-        frames.append(draw_frame(scene, int(rng.integers(NUM_FRAMES))))
+        index = int(rng.integers(NUM_FRAMES))
+        frames.append(draw_frame(scene, 0 if start_frames and scene.say_motion else index))
         captions.append(scene.caption())
     return to_tensor(np.stack(frames)), captions
 
@@ -366,6 +369,67 @@ def train_decoder(args) -> None:
     run(stage, args, loss_fn)
 
 
+def split_motion_unet(unet_motion):
+    """A UNetMotionModel split back into SD's UNet and AnimateDiff's adapter: the two parts a real model has."""
+    unet = shapes_model.build_unet()
+    spatial = {k: v for k, v in unet_motion.state_dict().items() if "motion_modules" not in k}
+    missing, unexpected = unet.load_state_dict(spatial, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    adapter = shapes_model.build_motion_adapter()
+    # Same parameter names in UNetMotionModel and MotionAdapter.
+    motion = {k: v for k, v in unet_motion.state_dict().items() if "motion_modules" in k}
+    missing, unexpected = adapter.load_state_dict(motion, strict=False)
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    return unet, adapter
+
+
+def train_start(args) -> None:
+    """Teach the spatial UNet what the motion words say about a single frame: where the object starts.
+
+    Every object stays inside the frame, so one moving left starts on the right. Captions that state
+    the motion are paired with the clip's first frame, so the words now carry information for the
+    spatial layers and the text encoder, which they ignored after the base stage (the text encoder's
+    outputs for "moving left" and "moving right" were 0.12 apart, for "red" and "green" 4.7: see
+    scripts/shapes_motion_words.py). Goes on from the motion stage's spatial UNet and text encoder.
+    """
+    vae = load_vae(args.work)
+    scale = latent_scale(vae, args.seed)
+    tokenizer, text_encoder, unet_motion = motion_models(args.work, "motion")
+    unet, _ = split_motion_unet(unet_motion)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    stage = Stage(args.work, "start", dict(text_encoder=text_encoder, unet=unet), params, lr=args.lr or 3e-4,
+                  ema=("text_encoder", "unet"))
+
+    def loss_fn(rng):
+        x, captions = image_batch(rng, args.batch or 64, start_frames=True)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * scale
+        # Where a small object sits is settled in the noisiest steps: weigh them as v-prediction does.
+        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting="v")
+
+    run(stage, args, loss_fn)
+
+
+def train_motion2(args) -> None:
+    """The motion stage again, from the start stage's spatial UNet and the motion stage's modules."""
+    from diffusers import UNetMotionModel
+
+    state = done(args.work, "start")
+    tokenizer = shapes_model.build_tokenizer()
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    text_encoder.load_state_dict(state["ema"]["text_encoder"])
+    unet2d = shapes_model.build_unet()
+    unet2d.load_state_dict(state["ema"]["unet"])
+    _, _, motion_unet = motion_models(args.work, "motion")
+    _, adapter = split_motion_unet(motion_unet)
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
+    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
+    lr = args.lr or 2.5e-4
+    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 4)]
+    train_on_clips(args, "motion2", tokenizer, text_encoder, unet, params)
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from diffusers import MotionAdapter, UNetMotionModel
@@ -375,18 +439,7 @@ def export(args) -> None:
     vae = load_vae(args.work, "decoder")
     vae.register_to_config(scaling_factor=latent_scale(vae, args.seed))
     tokenizer, text_encoder, unet_motion = motion_models(args.work, args.motion_stage)
-    # Split back into SD's UNet and AnimateDiff's adapter: the same two parts a real model has.
-    unet = shapes_model.build_unet()
-    spatial = {k: v for k, v in unet_motion.state_dict().items() if "motion_modules" not in k}
-    missing, unexpected = unet.load_state_dict(spatial, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
-    adapter = shapes_model.build_motion_adapter()
-    adapter_state = {}
-    for k, v in unet_motion.state_dict().items():
-        if "motion_modules" in k:  # same names in UNetMotionModel and MotionAdapter
-            adapter_state[k] = v
-    missing, unexpected = adapter.load_state_dict(adapter_state, strict=False)
-    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    unet, adapter = split_motion_unet(unet_motion)
     components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                       scheduler=shapes_model.build_scheduler(), motion_adapter=adapter)
     for k in ("vae", "text_encoder", "unet", "motion_adapter"):
@@ -411,13 +464,13 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=shapes_model.SEED)
-    parser.add_argument("--motion-stage", default="words", choices=("motion", "words"),
+    parser.add_argument("--motion-stage", default="words", choices=("motion", "words", "motion2"),
                         help="export: the stage whose text encoder, UNet and motion modules ship")
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":
