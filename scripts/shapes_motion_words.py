@@ -55,10 +55,8 @@ def moving_clips(count: int, seed: int) -> tuple[np.ndarray, list[str], list[str
 
 @torch.no_grad()
 def encode_text(pipeline, captions: list[str]) -> torch.Tensor:
-    tokenizer = pipeline.tokenizer
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return pipeline.text_encoder(ids)[0]
+    """(n, tokens, width) text-encoder outputs, as the pipeline conditions on them."""
+    return pipeline.encode_prompt(captions, "cpu", 1, False)[0]
 
 
 @torch.no_grad()

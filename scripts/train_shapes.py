@@ -63,7 +63,7 @@ def image_batch(rng: np.random.Generator, size: int, start_frames: bool = False)
     frames, captions = [], []
     for _ in range(size):
         scene = sample_scene(rng)
-        index = int(rng.integers(NUM_FRAMES))
+        index = int(rng.integers(NUM_FRAMES))  # drawn even when unused: the base stage's data stays as trained
         frames.append(draw_frame(scene, 0 if start_frames and scene.say_motion else index))
         captions.append(scene.caption())
     return to_tensor(np.stack(frames)), captions
@@ -239,29 +239,35 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
     return (weight * per_sample).mean()
 
 
-def train_base(args) -> None:
+def train_on_frames(args, name: str, tokenizer, text_encoder, unet, lr: float, start_frames: bool = False,
+                    weighting: str = "eps") -> None:
+    """Text encoder + spatial UNet on single frames (the base stage and `start`)."""
     vae = load_vae(args.work)
     scale = latent_scale(vae, args.seed)
-    torch.manual_seed(args.seed)
-    tokenizer = shapes_model.build_tokenizer()
-    text_encoder = shapes_model.build_text_encoder(tokenizer)
-    unet = shapes_model.build_unet()
     params = list(text_encoder.parameters()) + list(unet.parameters())
-    stage = Stage(args.work, "base", dict(text_encoder=text_encoder, unet=unet), params, lr=args.lr or 3e-4,
+    stage = Stage(args.work, name, dict(text_encoder=text_encoder, unet=unet), params, lr=lr,
                   ema=("text_encoder", "unet"))
 
     def loss_fn(rng):
-        x, captions = image_batch(rng, args.batch or 64)
+        x, captions = image_batch(rng, args.batch or 64, start_frames=start_frames)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample() * scale
-        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng)
+        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting=weighting)
 
     run(stage, args, loss_fn)
 
 
-def base_models(work: Path):
-    """The base stage's EMA text encoder and UNet."""
-    state = done(work, "base")
+def train_base(args) -> None:
+    torch.manual_seed(args.seed)
+    tokenizer = shapes_model.build_tokenizer()
+    text_encoder = shapes_model.build_text_encoder(tokenizer)
+    unet = shapes_model.build_unet()
+    train_on_frames(args, "base", tokenizer, text_encoder, unet, lr=args.lr or 3e-4)
+
+
+def base_models(work: Path, stage: str = "base"):
+    """A single-frame stage's (base, start) EMA text encoder and UNet."""
+    state = done(work, stage)
     tokenizer = shapes_model.build_tokenizer()
     text_encoder = shapes_model.build_text_encoder(tokenizer)
     text_encoder.load_state_dict(state["ema"]["text_encoder"])
@@ -399,34 +405,18 @@ def train_start(args) -> None:
     outputs for "moving left" and "moving right" were 0.12 apart, for "red" and "green" 4.7: see
     scripts/shapes_motion_words.py). Goes on from the motion stage's spatial UNet and text encoder.
     """
-    vae = load_vae(args.work)
-    scale = latent_scale(vae, args.seed)
     tokenizer, text_encoder, unet_motion = motion_models(args.work, "motion")
     unet, _ = split_motion_unet(unet_motion)
-    params = list(text_encoder.parameters()) + list(unet.parameters())
-    stage = Stage(args.work, "start", dict(text_encoder=text_encoder, unet=unet), params, lr=args.lr or 3e-4,
-                  ema=("text_encoder", "unet"))
-
-    def loss_fn(rng):
-        x, captions = image_batch(rng, args.batch or 64, start_frames=True)
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample() * scale
-        # Where a small object sits is settled in the noisiest steps: weigh them as v-prediction does.
-        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting="v")
-
-    run(stage, args, loss_fn)
+    # Where a small object sits is settled in the noisiest steps: weigh them as v-prediction does.
+    train_on_frames(args, "start", tokenizer, text_encoder, unet, lr=args.lr or 3e-4, start_frames=True,
+                    weighting="v")
 
 
 def train_motion2(args) -> None:
     """The motion stage again, from the start stage's spatial UNet and the motion stage's modules."""
     from diffusers import UNetMotionModel
 
-    state = done(args.work, "start")
-    tokenizer = shapes_model.build_tokenizer()
-    text_encoder = shapes_model.build_text_encoder(tokenizer)
-    text_encoder.load_state_dict(state["ema"]["text_encoder"])
-    unet2d = shapes_model.build_unet()
-    unet2d.load_state_dict(state["ema"]["unet"])
+    tokenizer, text_encoder, unet2d = base_models(args.work, "start")
     _, _, motion_unet = motion_models(args.work, "motion")
     _, adapter = split_motion_unet(motion_unet)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
@@ -439,8 +429,6 @@ def train_motion2(args) -> None:
 
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
-    from diffusers import MotionAdapter, UNetMotionModel
-
     from cdvideo.tiny import save_model_dir
 
     vae = load_vae(args.work, "decoder")
