@@ -11,6 +11,7 @@ models through this same code.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -407,7 +408,15 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
     if name not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
     cls = getattr(diffusers, SCHEDULERS[name])
-    return cls.from_config({**base_config, **overrides})
+    config = {**base_config, **overrides}
+    # A model trained with a zero-terminal-SNR schedule (Lin et al. 2024; the Shapes model) must be
+    # sampled with it; a scheduler without the option would quietly use the unrescaled betas.
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in inspect.signature(cls).parameters:
+        raise ConfigError(f"scheduler {name!r} cannot sample this model: it was trained with a zero-terminal-SNR "
+                          "schedule (rescale_betas_zero_snr) that this scheduler lacks; choose one of "
+                          + ", ".join(n for n, c in SCHEDULERS.items()
+                                      if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, c)).parameters))
+    return cls.from_config(config)
 
 
 def _loading_error(preset: ModelPreset, error: Exception) -> ModelNotAvailableError:

@@ -77,8 +77,11 @@ def clean_clip_errors(pipeline, clips: np.ndarray, captions: dict[str, list[str]
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         row = {"band": f"t {low}-{high - 1}"}
         for name, hidden in text.items():
-            eps = unet(noisy, t, hidden).sample
-            clean = (noisy - (1 - a).sqrt() * eps) / a.sqrt()
+            pred = unet(noisy, t, hidden).sample
+            if pipeline.scheduler.config.prediction_type == "v_prediction":
+                clean = a.sqrt() * noisy - (1 - a).sqrt() * pred
+            else:  # epsilon
+                clean = (noisy - (1 - a).sqrt() * pred) / a.sqrt()
             row[name] = float((clean - latents).pow(2).mean())
         rows.append(row)
     return rows

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from cdvideo.shapes import model as shapes_model
 from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene
 
-STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2")
+STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "reveal")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
@@ -211,12 +211,19 @@ def noise_scheduler():
     return shapes_model.build_scheduler()
 
 
-def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting: str = "eps", **unet_kwargs):
-    """Noise-prediction MSE. weighting "v" weighs each sample by 1 + 1/SNR(t), which is the loss of
-    v-prediction written for an epsilon model: the noisiest steps, where the layout and the motion are
-    decided, count as much as the rest (under the plain epsilon loss an error in the clean clip at
-    t ~ 900 costs SNR ~ 0.01 times as much)."""
-    scheduler = noise_scheduler()
+def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting: str = "eps", scheduler=None,
+                   offset_noise: float = OFFSET_NOISE, reveal: float = 0.0, **unet_kwargs):
+    """The denoising loss under `scheduler`'s noise schedule and prediction type (default: the base
+    stages' epsilon schedule). weighting "v" weighs an epsilon model's samples by 1 + 1/SNR(t), which
+    is the loss of v-prediction written for an epsilon model: the noisiest steps, where the layout and
+    the motion are decided, count as much as the rest (under the plain epsilon loss an error in the
+    clean clip at t ~ 900 costs SNR ~ 0.01 times as much).
+
+    reveal: the share of clips in which one random frame is noised much less than the others (at most
+    a third of their t) and left out of the loss. Where that frame shows the object, the words are all
+    that says where it is in the other frames, so the motion words earn what they never earn on
+    uniformly noised clips (see `train_reveal`)."""
+    scheduler = scheduler or noise_scheduler()
     captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
@@ -224,13 +231,23 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
     if latents.ndim == 5:  # UNetMotionModel wants the text once per frame, as the pipeline gives it
         hidden = hidden.repeat_interleave(latents.shape[2], dim=0)
     noise = torch.randn_like(latents)
-    if latents.ndim == 5:  # (b, c, f, h, w): one offset per clip and channel, shared by its frames
-        noise += OFFSET_NOISE * torch.randn(latents.shape[0], latents.shape[1], 1, 1, 1)
-    else:
-        noise += OFFSET_NOISE * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    if offset_noise and latents.ndim == 5:  # (b, c, f, h, w): one offset per clip and channel, shared by its frames
+        noise += offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1, 1)
+    elif offset_noise:
+        noise += offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
     noisy = scheduler.add_noise(latents, noise, t)
+    mask = torch.ones_like(latents[:, :1])
+    if reveal:  # clips only: (b, c, f, h, w)
+        clips = torch.nonzero(torch.rand(latents.shape[0]) < reveal).flatten()
+        frames = torch.randint(0, latents.shape[2], (len(clips),))
+        t_low = (t[clips] * torch.rand(len(clips)) / 3).long()
+        noisy[clips, :, frames] = scheduler.add_noise(latents[clips, :, frames], noise[clips, :, frames], t_low)
+        mask[clips, :, frames] = 0.0
     pred = unet(noisy, t, hidden, **unet_kwargs).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        error = (pred - scheduler.get_velocity(latents, noise, t)).pow(2)
+        return (error * mask).sum() / mask.expand_as(error).sum()
     if weighting == "eps":
         return F.mse_loss(pred, noise)
     alphas_cumprod = scheduler.alphas_cumprod[t]
@@ -289,7 +306,7 @@ def motion_models(work: Path, stage: str):
     return tokenizer, text_encoder, unet
 
 
-def train_on_clips(args, name: str, tokenizer, text_encoder, unet, params, weighting: str = "eps") -> None:
+def train_on_clips(args, name: str, tokenizer, text_encoder, unet, params, **loss_kwargs) -> None:
     vae = load_vae(args.work)
     scale = latent_scale(vae, args.seed)
     stage = Stage(args.work, name, dict(text_encoder=text_encoder, unet=unet), params, lr=params[0]["lr"],
@@ -301,7 +318,7 @@ def train_on_clips(args, name: str, tokenizer, text_encoder, unet, params, weigh
         with torch.no_grad():
             latents = vae.encode(clips.flatten(0, 1)).latent_dist.sample() * scale
         latents = latents.unflatten(0, (b, f)).movedim(1, 2)  # (b, c, f, h, w)
-        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting=weighting)
+        return diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, **loss_kwargs)
 
     run(stage, args, loss_fn)
 
@@ -427,6 +444,43 @@ def train_motion2(args) -> None:
     train_on_clips(args, "motion2", tokenizer, text_encoder, unet, params, weighting="v")
 
 
+def train_zsnr(args) -> None:
+    """The motion stage's model fine-tuned to a zero-terminal-SNR schedule with v-prediction.
+
+    Why the direction followed the seed and not the words: under SD's schedule the noisiest training
+    step still keeps sqrt(0.0047) ~ 7 % of the clean clip, and over an object's 8 frames that is
+    enough to see which way it goes. So the model learned to read the direction from the noise
+    itself, and at sampling time it reads one out of the seed's noise, which no clip made (Lin et
+    al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", shows the same for
+    image brightness). With the schedule rescaled so that the last step keeps nothing of the clip,
+    only the words can say where the object goes there; epsilon prediction is undefined at zero SNR,
+    so the model predicts v, and sampling starts at t = 999 ("trailing" steps). Offset noise is
+    dropped: zero terminal SNR is what it approximated. Everything trains, at one rate: the
+    prediction target changes for every layer.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "motion")
+    params = [dict(params=list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr or 2e-4)]
+    train_on_clips(args, "zsnr", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0)
+
+
+def train_reveal(args) -> None:
+    """The zsnr stage on, with one frame of half the clips revealed (less noised, out of the loss).
+
+    After zsnr the words still did not steer the motion: the model predicted a moving clip exactly as
+    well with the opposite motion words at every noise level. On a uniformly noised clip the words
+    can only add what the noisy frames do not already show, and where they would (t > 900) the clip
+    is nearly all noise, so the gain is tiny. With one frame revealed, the object's place is known and
+    only the direction words say where it is in the other seven frames: the loss now pays for
+    carrying the words from cross-attention through the motion modules, which is the path sampling
+    needs. Sampling itself never reveals a frame.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "zsnr")
+    params = [dict(params=list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr or 2e-4)]
+    train_on_clips(args, "reveal", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, reveal=0.5)
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from cdvideo.tiny import save_model_dir
@@ -436,7 +490,8 @@ def export(args) -> None:
     tokenizer, text_encoder, unet_motion = motion_models(args.work, args.motion_stage)
     unet, adapter = split_motion_unet(unet_motion)
     components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                      scheduler=shapes_model.build_scheduler(), motion_adapter=adapter)
+                      scheduler=shapes_model.build_scheduler(zero_snr=args.motion_stage in ("zsnr", "reveal")),
+                      motion_adapter=adapter)
     for k in ("vae", "text_encoder", "unet", "motion_adapter"):
         components[k] = components[k].half()
     target = Path(args.to)
@@ -459,13 +514,13 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=shapes_model.SEED)
-    parser.add_argument("--motion-stage", default="motion", choices=("motion", "words", "motion2"),
+    parser.add_argument("--motion-stage", default="motion", choices=("motion", "words", "motion2", "zsnr", "reveal"),
                         help="export: the stage whose text encoder, UNet and motion modules ship")
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, reveal=2000).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, reveal=train_reveal, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,13 @@ def test_tiny_build_is_deterministic():
     for name in ("unet", "motion_adapter", "vae", "text_encoder"):
         a, b = first[name].state_dict(), second[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_zero_snr_model_refuses_a_scheduler_without_the_rescale():
+    from cdvideo.models import make_scheduler
+
+    config = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", rescale_betas_zero_snr=True,
+                  prediction_type="v_prediction", timestep_spacing="trailing")
+    assert make_scheduler("euler", config, {}).config.rescale_betas_zero_snr
+    with pytest.raises(ConfigError, match="'pndm' cannot sample this model.*ddim"):
+        make_scheduler("pndm", config, {})

@@ -60,6 +60,9 @@ TEXT_ENCODER_CONFIG = dict(
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SCHEDULER_CONFIG = dict(**NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                         timestep_spacing="leading")
+# The same betas rescaled so the last step keeps nothing of the clean clip (Lin et al. 2024), with
+# v-prediction (epsilon is undefined at zero SNR) and sampling from t = 999.
+ZERO_SNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
 
 
 def build_tokenizer():
@@ -98,7 +101,7 @@ def build_motion_adapter():
     return MotionAdapter(**MOTION_ADAPTER_CONFIG)
 
 
-def build_scheduler():
+def build_scheduler(zero_snr: bool = False):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**SCHEDULER_CONFIG)
+    return DDIMScheduler(**{**SCHEDULER_CONFIG, **(ZERO_SNR if zero_snr else {})})
