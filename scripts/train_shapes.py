@@ -6,11 +6,12 @@
     python scripts/train_shapes.py decoder --work runs/shapes  # VAE decoder on two-tone objects too: 1500 steps
     python scripts/train_shapes.py export --work runs/shapes [--to cdvideo/shapes/model]
 
-Those four stages make the shipped weights. Three more are attempts to make the motion follow the
+Those four stages make the shipped weights. The others are attempts to make the motion follow the
 words, kept so they can be rerun and built on; none helped yet (docs/shapes-world.md gives their
 numbers): `words` (cross-attention and text encoder at full rate on clips), `start` (single first
-frames captioned with their motion) and `motion2` (the motion stage again after `start`);
-`export --motion-stage words|motion2` exports one of them instead.
+frames captioned with their motion), `motion2` (the motion stage again after `start`), `zsnr` (a
+zero-terminal-SNR schedule with v-prediction), `contrast` and `contrast2` (a loss that pays for using
+the motion words); `export --motion-stage STAGE` exports one of them instead.
 
 The default step counts are the shipped weights' (base and motion were stopped by `--minutes`
 there); `--steps N` trains on to N, `--minutes M` stops resumably after M minutes.
@@ -37,13 +38,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cdvideo.shapes import model as shapes_model
-from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene
+from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene, with_opposite_motion
 
-STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "reveal")
+STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
+ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2")  # trained (and sampled) with the zero-terminal-SNR schedule
+MOTION_STAGES = ("motion", "words", "motion2") + ZERO_SNR_STAGES  # stages an export can ship
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
 EMA_DECAY = 0.999
+CONTRAST_MARGIN = 0.05  # contrast stage: the own caption's error must be 5 % below the opposite motion's
+HIGH_NOISE_FROM = 600  # contrast2: above this the clip barely shows its direction (zero-SNR schedule)
 DECODER_JITTER = 0.2  # latent noise (x their std) under which the fine-tuned decoder must match the old one
 
 
@@ -212,17 +217,19 @@ def noise_scheduler():
 
 
 def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting: str = "eps", scheduler=None,
-                   offset_noise: float = OFFSET_NOISE, reveal: float = 0.0, **unet_kwargs):
+                   offset_noise: float = OFFSET_NOISE, contrast: float = 0.0, contrast_min_t: int = 0,
+                   high_noise: float = 0.0, **unet_kwargs):
     """The denoising loss under `scheduler`'s noise schedule and prediction type (default: the base
     stages' epsilon schedule). weighting "v" weighs an epsilon model's samples by 1 + 1/SNR(t), which
     is the loss of v-prediction written for an epsilon model: the noisiest steps, where the layout and
     the motion are decided, count as much as the rest (under the plain epsilon loss an error in the
     clean clip at t ~ 900 costs SNR ~ 0.01 times as much).
 
-    reveal: the share of clips in which one random frame is noised much less than the others (at most
-    a third of their t) and left out of the loss. Where that frame shows the object, the words are all
-    that says where it is in the other frames, so the motion words earn what they never earn on
-    uniformly noised clips (see `train_reveal`)."""
+    contrast (v-prediction clips only): the weight of a hinge loss that asks each clip with a motion
+    phrase to be predicted at least CONTRAST_MARGIN (relative) better with its own caption than with
+    the opposite motion ("moving left" <-> "moving right"), on the same noisy clip (see `train_contrast`),
+    counted only where t >= contrast_min_t. high_noise: the share of samples whose t is drawn from
+    [HIGH_NOISE_FROM, 1000) instead of [0, 1000)."""
     scheduler = scheduler or noise_scheduler()
     captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -236,18 +243,27 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
     elif offset_noise:
         noise += offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+    if high_noise:
+        top = torch.rand(latents.shape[0]) < high_noise
+        t[top] = torch.randint(HIGH_NOISE_FROM, scheduler.config.num_train_timesteps, (int(top.sum()),))
     noisy = scheduler.add_noise(latents, noise, t)
-    mask = torch.ones_like(latents[:, :1])
-    if reveal:  # clips only: (b, c, f, h, w)
-        clips = torch.nonzero(torch.rand(latents.shape[0]) < reveal).flatten()
-        frames = torch.randint(0, latents.shape[2], (len(clips),))
-        t_low = (t[clips] * torch.rand(len(clips)) / 3).long()
-        noisy[clips, :, frames] = scheduler.add_noise(latents[clips, :, frames], noise[clips, :, frames], t_low)
-        mask[clips, :, frames] = 0.0
     pred = unet(noisy, t, hidden, **unet_kwargs).sample
     if scheduler.config.prediction_type == "v_prediction":
-        error = (pred - scheduler.get_velocity(latents, noise, t)).pow(2)
-        return (error * mask).sum() / mask.expand_as(error).sum()
+        target = scheduler.get_velocity(latents, noise, t)
+        loss = F.mse_loss(pred, target)
+        flipped = [(i, with_opposite_motion(c)) for i, c in enumerate(captions)] if contrast else []
+        flipped = [(i, c) for i, c in flipped if c is not None and t[i] >= contrast_min_t]
+        if flipped:
+            index = torch.tensor([i for i, _ in flipped])
+            ids = tokenizer([c for _, c in flipped], padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            opposite_hidden = text_encoder(ids)[0].repeat_interleave(latents.shape[2], dim=0)
+            opposite = unet(noisy[index], t[index], opposite_hidden, **unet_kwargs).sample
+            opposite_error = (opposite - target[index]).pow(2).flatten(1).mean(1)
+            own_error = (pred[index] - target[index]).pow(2).flatten(1).mean(1)
+            hinge = F.relu(own_error - opposite_error + CONTRAST_MARGIN * own_error.detach())
+            loss = loss + contrast * hinge.mean()
+        return loss
     if weighting == "eps":
         return F.mse_loss(pred, noise)
     alphas_cumprod = scheduler.alphas_cumprod[t]
@@ -429,14 +445,19 @@ def train_start(args) -> None:
                     weighting="v")
 
 
-def train_motion2(args) -> None:
-    """The motion stage again, from the start stage's spatial UNet and the motion stage's modules."""
+def start_with_motion_modules(work: Path):
+    """The start stage's text encoder and spatial UNet with the motion stage's motion modules."""
     from diffusers import UNetMotionModel
 
-    tokenizer, text_encoder, unet2d = base_models(args.work, "start")
-    _, _, motion_unet = motion_models(args.work, "motion")
+    tokenizer, text_encoder, unet2d = base_models(work, "start")
+    _, _, motion_unet = motion_models(work, "motion")
     _, adapter = split_motion_unet(motion_unet)
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    return tokenizer, text_encoder, UNetMotionModel.from_unet2d(unet2d, adapter)
+
+
+def train_motion2(args) -> None:
+    """The motion stage again, from the start stage's spatial UNet and the motion stage's modules."""
+    tokenizer, text_encoder, unet = start_with_motion_modules(args.work)
     motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
     lr = args.lr or 2.5e-4
@@ -464,21 +485,42 @@ def train_zsnr(args) -> None:
                    scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0)
 
 
-def train_reveal(args) -> None:
-    """The zsnr stage on, with one frame of half the clips revealed (less noised, out of the loss).
+def train_contrast(args) -> None:
+    """Motion words that steer: zero-SNR v-prediction on clips, the start stage's text encoder frozen,
+    and a loss that pays for using the words.
 
-    After zsnr the words still did not steer the motion: the model predicted a moving clip exactly as
-    well with the opposite motion words at every noise level. On a uniformly noised clip the words
-    can only add what the noisy frames do not already show, and where they would (t > 900) the clip
-    is nearly all noise, so the gain is tiny. With one frame revealed, the object's place is known and
-    only the direction words say where it is in the other seven frames: the loss now pays for
-    carrying the words from cross-attention through the motion modules, which is the path sampling
-    needs. Sampling itself never reveals a frame.
+    After `zsnr` (from the motion stage) the words still did not steer the motion: the model predicted
+    a moving clip as well with the opposite motion words at every noise level (gap 0.0000 to 0.0005 in
+    latent MSE), also when one frame was shown nearly clean and the words alone said where the
+    object is in the other seven (a `reveal` stage, 846 steps, tried and dropped), and its text
+    encoder kept "left" and "right" 0.2 apart. So this stage starts from `start` (whose text encoder
+    tells them apart: 3.0) with the motion stage's motion modules, keeps that text encoder frozen, and
+    adds a hinge: each clip with a motion phrase is also denoised with the opposite phrase, and its
+    own caption must do CONTRAST_MARGIN better. The plain loss's reward for using the words is tiny
+    next to everything else it asks; the hinge makes the prediction depend on which way the words
+    say, which is what classifier-free guidance amplifies at sampling time.
     """
-    tokenizer, text_encoder, unet = motion_models(args.work, "zsnr")
-    params = [dict(params=list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr or 2e-4)]
-    train_on_clips(args, "reveal", tokenizer, text_encoder, unet, params,
-                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, reveal=0.5)
+    tokenizer, text_encoder, unet = start_with_motion_modules(args.work)
+    text_encoder.requires_grad_(False)  # keeps the motion words apart, as `start` taught them
+    params = [dict(params=list(unet.parameters()), lr=args.lr or 2e-4)]
+    train_on_clips(args, "contrast", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, contrast=1.0)
+
+
+def train_contrast2(args) -> None:
+    """The contrast stage on, with the words' signal where it is: half of the samples at t >= 600
+    (HIGH_NOISE_FROM), and the hinge only there. Below, the clip shows its own direction, so no
+    prediction can be 5 % better for knowing the words, and the hinge could only be met by spoiling
+    predictions under the wrong words. From pure noise the best possible prediction is 33 % better
+    with the right motion words than with the opposite ones (scripts/shapes_motion_words.py); the
+    contrast stage got 2 %.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "contrast")
+    text_encoder.requires_grad_(False)
+    params = [dict(params=list(unet.parameters()), lr=args.lr or 2e-4)]
+    train_on_clips(args, "contrast2", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, contrast=1.0,
+                   contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5)
 
 
 def export(args) -> None:
@@ -490,7 +532,7 @@ def export(args) -> None:
     tokenizer, text_encoder, unet_motion = motion_models(args.work, args.motion_stage)
     unet, adapter = split_motion_unet(unet_motion)
     components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                      scheduler=shapes_model.build_scheduler(zero_snr=args.motion_stage in ("zsnr", "reveal")),
+                      scheduler=shapes_model.build_scheduler(zero_snr=args.motion_stage in ZERO_SNR_STAGES),
                       motion_adapter=adapter)
     for k in ("vae", "text_encoder", "unet", "motion_adapter"):
         components[k] = components[k].half()
@@ -514,13 +556,13 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=shapes_model.SEED)
-    parser.add_argument("--motion-stage", default="motion", choices=("motion", "words", "motion2", "zsnr", "reveal"),
+    parser.add_argument("--motion-stage", default="motion", choices=MOTION_STAGES,
                         help="export: the stage whose text encoder, UNet and motion modules ship")
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, reveal=2000).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, reveal=train_reveal, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=2000).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":

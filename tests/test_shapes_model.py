@@ -160,6 +160,8 @@ def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
     import importlib.util
     from pathlib import Path
 
+    from cdvideo.shapes.world import OPPOSITE_MOTION
+
     path = Path(__file__).resolve().parents[1] / "scripts" / "shapes_motion_words.py"
     spec = importlib.util.spec_from_file_location("shapes_motion_words", path)
     script = importlib.util.module_from_spec(spec)
@@ -168,7 +170,8 @@ def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
     assert clips.shape == (3, 8, 32, 32, 3)
     for r, w in zip(right, wrong):  # one word apart, and that word is the opposite direction
         changed = [(a, b) for a, b in zip(r.split(), w.split()) if a != b]
-        assert len(r.split()) == len(w.split()) and len(changed) == 1 and script.OPPOSITE[changed[0][0]] == changed[0][1]
+        assert len(r.split()) == len(w.split()) and len(changed) == 1 and OPPOSITE_MOTION[changed[0][0]] == changed[0][1]
     assert script.main(["--clips", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("| t ") == 4 and "colour word (red / green)" in out
+    assert "with the right motion words" in out

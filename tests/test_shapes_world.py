@@ -88,3 +88,19 @@ def test_concept_scene_is_judged_as_the_concept_and_a_plain_circle_is_not():
         seen = judge.judge_frame(world.draw_frame(plain, 0))
         assert len(seen.objects) == 1 and seen.objects[0].shape == "circle"
         assert not judge.object_matches(seen.objects[0], wanted, concept=colours)
+
+
+def test_with_opposite_motion_reverses_only_the_motion_word():
+    rng = np.random.default_rng(5)
+    seen = 0
+    for _ in range(200):
+        scene = world.sample_scene(rng)
+        flipped = world.with_opposite_motion(scene.caption())
+        if not scene.say_motion or scene.motion == "still":
+            assert flipped is None
+            continue
+        seen += 1
+        request = world.parse_caption(flipped)
+        assert request.motion == world.OPPOSITE_MOTION[scene.motion]
+        assert request.objects == world.parse_caption(scene.caption()).objects
+    assert seen > 50

@@ -35,6 +35,7 @@ MOTIONS: dict[str, tuple[float, float]] = {
     "down": (0.0, 1.0),
     "still": (0.0, 0.0),
 }
+OPPOSITE_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 # Every word a caption can use: the shapes tokenizer gives each its own token.
 WORDS = tuple(
@@ -210,3 +211,11 @@ def concept_scene(rng: np.random.Generator, background: str = "black", motion: s
     obj.x = _place(rng, obj.extent, motion, 0.0, float(SIZE), axis=0)
     obj.y = _place(rng, obj.extent, motion, 0.0, float(SIZE), axis=1)
     return Scene(background, [obj], motion, say_size=False, say_motion=False, concept_words={0: CONCEPT["token"]})
+
+
+def with_opposite_motion(caption: str) -> str | None:
+    """The caption with its motion reversed ("moving left" -> "moving right"); None if it states none."""
+    match = re.search(r" moving (left|right|up|down)\b", caption)
+    if match is None:
+        return None
+    return caption[:match.start(1)] + OPPOSITE_MOTION[match.group(1)] + caption[match.end(1):]
