@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cdvideo.shapes import model as shapes_model
-from cdvideo.shapes.world import COLOURS, CONCEPT, NUM_FRAMES, draw_clip, draw_frame, sample_scene, with_opposite_motion
+from cdvideo.shapes.world import (COLOURS, CONCEPT, MOTIONS, NUM_FRAMES, draw_clip, draw_frame, sample_scene,
+                                  with_motion, with_opposite_motion)
 
-STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2")
+STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2", "contrast3")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
-ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2")  # trained (and sampled) with the zero-terminal-SNR schedule
+ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2", "contrast3")  # trained (and sampled) with the zero-terminal-SNR schedule
 MOTION_STAGES = ("motion", "words", "motion2") + ZERO_SNR_STAGES  # stages an export can ship
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
@@ -218,7 +219,7 @@ def noise_scheduler():
 
 def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weighting: str = "eps", scheduler=None,
                    offset_noise: float = OFFSET_NOISE, contrast: float = 0.0, contrast_min_t: int = 0,
-                   high_noise: float = 0.0, **unet_kwargs):
+                   contrast_with: str = "opposite", high_noise: float = 0.0, **unet_kwargs):
     """The denoising loss under `scheduler`'s noise schedule and prediction type (default: the base
     stages' epsilon schedule). weighting "v" weighs an epsilon model's samples by 1 + 1/SNR(t), which
     is the loss of v-prediction written for an epsilon model: the noisiest steps, where the layout and
@@ -227,7 +228,8 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
 
     contrast (v-prediction clips only): the weight of a hinge loss that asks each clip with a motion
     phrase to be predicted at least CONTRAST_MARGIN (relative) better with its own caption than with
-    the opposite motion ("moving left" <-> "moving right"), on the same noisy clip (see `train_contrast`),
+    the opposite motion ("moving left" <-> "moving right"; contrast_with "other": any other of the five
+    motions, drawn at random), on the same noisy clip (see `train_contrast`),
     counted only where t >= contrast_min_t. high_noise: the share of samples whose t is drawn from
     [HIGH_NOISE_FROM, 1000) instead of [0, 1000)."""
     scheduler = scheduler or noise_scheduler()
@@ -251,7 +253,11 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, t)
         loss = F.mse_loss(pred, target)
-        flipped = [(i, with_opposite_motion(c)) for i, c in enumerate(captions)] if contrast else []
+        if contrast_with == "other":
+            others = [str(rng.choice([m for m in MOTIONS if f"{m} " not in c + " "])) for c in captions]
+            flipped = [(i, with_motion(c, m)) for i, (c, m) in enumerate(zip(captions, others))] if contrast else []
+        else:
+            flipped = [(i, with_opposite_motion(c)) for i, c in enumerate(captions)] if contrast else []
         flipped = [(i, c) for i, c in flipped if c is not None and t[i] >= contrast_min_t]
         if flipped:
             index = torch.tensor([i for i, _ in flipped])
@@ -523,6 +529,22 @@ def train_contrast2(args) -> None:
                    contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5)
 
 
+def train_contrast3(args) -> None:
+    """contrast2 on, the caption contrasted with any other of the five motions, not only the opposite.
+
+    After contrast2 the words steered, but in pairs: "left" rendered as up or left, "down" as right,
+    because the hinge only ever told "left" from "right" and "up" from "down", so one feature
+    (towards the top-left or the bottom-right) was enough to meet it. Here the other caption is any
+    other motion, "staying still" included, drawn at random for each clip.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "contrast2")
+    text_encoder.requires_grad_(False)
+    params = [dict(params=list(unet.parameters()), lr=args.lr or 2e-4)]
+    train_on_clips(args, "contrast3", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, contrast=1.0,
+                   contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from cdvideo.tiny import save_model_dir
@@ -561,8 +583,8 @@ def main(argv=None) -> None:
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=2000).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=2000).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":

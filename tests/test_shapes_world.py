@@ -103,4 +103,7 @@ def test_with_opposite_motion_reverses_only_the_motion_word():
         request = world.parse_caption(flipped)
         assert request.motion == world.OPPOSITE_MOTION[scene.motion]
         assert request.objects == world.parse_caption(scene.caption()).objects
+        for motion in world.MOTIONS:
+            assert world.parse_caption(world.with_motion(scene.caption(), motion)).motion == motion
     assert seen > 50
+    assert world.parse_caption(world.with_motion("a red circle staying still on a blue background", "up")).motion == "up"

@@ -80,7 +80,7 @@ class Scene:
             parts.append(" ".join(words))
         text = " and ".join(parts)
         if self.say_motion:
-            text += " staying still" if self.motion == "still" else f" moving {self.motion}"
+            text += " " + motion_phrase(self.motion)
         return f"{text} on a {self.background} background"
 
 
@@ -213,9 +213,19 @@ def concept_scene(rng: np.random.Generator, background: str = "black", motion: s
     return Scene(background, [obj], motion, say_size=False, say_motion=False, concept_words={0: CONCEPT["token"]})
 
 
-def with_opposite_motion(caption: str) -> str | None:
-    """The caption with its motion reversed ("moving left" -> "moving right"); None if it states none."""
-    match = re.search(r" moving (left|right|up|down)\b", caption)
+def motion_phrase(motion: str) -> str:
+    return "staying still" if motion == "still" else f"moving {motion}"
+
+
+def with_motion(caption: str, motion: str) -> str | None:
+    """The caption with its motion phrase said for `motion` instead; None if it states no motion."""
+    match = re.search(r"\b(moving (?:left|right|up|down)|staying still)\b", caption)
     if match is None:
         return None
-    return caption[:match.start(1)] + OPPOSITE_MOTION[match.group(1)] + caption[match.end(1):]
+    return caption[:match.start()] + motion_phrase(motion) + caption[match.end():]
+
+
+def with_opposite_motion(caption: str) -> str | None:
+    """The caption with its motion reversed ("moving left" -> "moving right"); None if it states none or stays still."""
+    request_motion = re.search(r"\bmoving (left|right|up|down)\b", caption)
+    return with_motion(caption, OPPOSITE_MOTION[request_motion.group(1)]) if request_motion else None
