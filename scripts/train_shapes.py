@@ -7,10 +7,10 @@
     python scripts/train_shapes.py export --work runs/shapes [--to cdvideo/shapes/model]
 
 Those four stages make the shipped weights. The others are attempts to make the motion follow the
-words, kept so they can be rerun and built on; none helped yet (docs/shapes-world.md gives their
+words, kept so they can be rerun and built on; none is shipped yet (docs/shapes-world.md gives their
 numbers): `words` (cross-attention and text encoder at full rate on clips), `start` (single first
 frames captioned with their motion), `motion2` (the motion stage again after `start`), `zsnr` (a
-zero-terminal-SNR schedule with v-prediction), `contrast` and `contrast2` (a loss that pays for using
+zero-terminal-SNR schedule with v-prediction), `contrast` to `contrast4` (a loss that pays for using
 the motion words); `export --motion-stage STAGE` exports one of them instead.
 
 The default step counts are the shipped weights' (base and motion were stopped by `--minutes`
@@ -41,9 +41,9 @@ from cdvideo.shapes import model as shapes_model
 from cdvideo.shapes.world import (COLOURS, CONCEPT, MOTIONS, NUM_FRAMES, draw_clip, draw_frame, sample_scene,
                                   with_motion, with_opposite_motion)
 
-STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2", "contrast3")
+STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2", "contrast3", "contrast4")
 STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
-ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2", "contrast3")  # trained (and sampled) with the zero-terminal-SNR schedule
+ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2", "contrast3", "contrast4")  # trained (and sampled) with the zero-terminal-SNR schedule
 MOTION_STAGES = ("motion", "words", "motion2") + ZERO_SNR_STAGES  # stages an export can ship
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
@@ -545,6 +545,23 @@ def train_contrast3(args) -> None:
                    contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
 
 
+def train_contrast4(args) -> None:
+    """contrast3 on, the text encoder training too (at half the UNet's rate).
+
+    contrast3 still rendered "left" like "up" and "right" like "down": the frozen `start` text
+    encoder puts those captions 0.36 apart (against 3.0 for left/right). `start` taught it where an
+    object begins, and one feature (how far towards the bottom-right) says that for "left" and "up"
+    alike. Now that the hinge asks every motion to differ from every other, the text encoder may
+    train: it can only lower the hinge by telling the four directions apart.
+    """
+    tokenizer, text_encoder, unet = motion_models(args.work, "contrast3")
+    lr = args.lr or 2e-4
+    params = [dict(params=list(unet.parameters()), lr=lr), dict(params=list(text_encoder.parameters()), lr=lr / 2)]
+    train_on_clips(args, "contrast4", tokenizer, text_encoder, unet, params,
+                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, contrast=1.0,
+                   contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from cdvideo.tiny import save_model_dir
@@ -583,8 +600,8 @@ def main(argv=None) -> None:
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=2000).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, export=export)[args.stage](args)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=750, contrast4=2000).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, contrast4=train_contrast4, export=export)[args.stage](args)
 
 
 if __name__ == "__main__":
