@@ -254,6 +254,7 @@ def diffusion_loss(unet, text_encoder, tokenizer, latents, captions, rng, weight
         target = scheduler.get_velocity(latents, noise, t)
         loss = F.mse_loss(pred, target)
         if contrast_with == "other":
+            # Any motion but the caption's own (its word is the caption's only motion word).
             others = [str(rng.choice([m for m in MOTIONS if f"{m} " not in c + " "])) for c in captions]
             flipped = [(i, with_motion(c, m)) for i, (c, m) in enumerate(zip(captions, others))] if contrast else []
         else:
