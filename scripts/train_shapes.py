@@ -601,7 +601,7 @@ def main(argv=None) -> None:
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=750, contrast4=1155).get(args.stage, 0)
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=750, contrast4=1736).get(args.stage, 0)
     dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, contrast4=train_contrast4, export=export)[args.stage](args)
 
 
