@@ -6,14 +6,21 @@ text encoder (768 wide, 12 layers; the tiny tokenizer's vocabulary), all with ra
 nothing is downloaded. Then runs each variant in its own process, on the same inputs and seed:
 
   (a) plain diffusers: `AnimateDiffPipeline.from_pretrained(dir, motion_adapter=MotionAdapter...)`, as the
-      diffusers docs show;
+      diffusers docs show (float16 on CUDA, as their AnimateDiff example loads it; float32 on the CPU);
   (b) the official ClassDiffusion video recipe: a StableDiffusionPipeline (whose 2D UNet would take the
       merged concept weights; with random weights there is nothing to merge), then
       `AnimateDiffPipeline.from_pipe(sd, motion_adapter=...)`; fp16 + VAE slicing + model CPU offload on
       CUDA, float32 + VAE slicing on the CPU (fp16 and offload are GPU-only);
   (c) cdvideo's `Renderer` with its defaults;
   (d) only with --variants abcd: a candidate speed-up, (c) with the UNet in channels_last (measured, not kept);
-  (e) only when asked (--variants ce): (c) with --low-vram (VAE slicing; model CPU offload on CUDA).
+  (e) only when asked (--variants ce): (c) with --low-vram (VAE slicing; model CPU offload on CUDA);
+  (f) only when asked: a candidate speed-up, (c) with `torch.compile` on the UNet's forward (compiled in
+      the warm-up render, so the timed render measures the compiled kernels).
+
+On CUDA every variant first renders one 1-step warm-up clip of the same shape (CUDA context, cuDNN
+autotuning and, for (f), compilation), then the timed clip; the CPU has nothing to warm up. For
+cdvideo's variants the report also gives the peak-memory estimate cdvideo prints before a render
+(cdvideo.memory), beside the measured peak.
 
 Per variant: seconds per denoising step (UNet calls), seconds per clip (pipeline call), VAE decode
 time, peak memory (peak RSS of the child process on the CPU; CUDA max allocated on a GPU), ratios to
@@ -46,6 +53,7 @@ VARIANTS = {
     "c": "cdvideo Renderer, defaults",
     "d": "candidate: (c) + channels_last UNet",
     "e": "cdvideo --low-vram",
+    "f": "candidate: (c) + torch.compile UNet",
 }
 BUILD_VERSION = 1  # bump when the configs below change
 
@@ -106,8 +114,9 @@ def _load(variant: str, model_dir: str, device: str):
 
     cuda = device.startswith("cuda")
     if variant == "a":
-        adapter = MotionAdapter.from_pretrained(model_dir + "/motion_adapter")
-        pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter)
+        dtype = torch.float16 if cuda else torch.float32  # the diffusers AnimateDiff docs load in float16
+        adapter = MotionAdapter.from_pretrained(model_dir + "/motion_adapter", torch_dtype=dtype)
+        pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter, torch_dtype=dtype)
         pipe.scheduler = _ddim(model_dir)
         return pipe.to(device)
     if variant == "b":
@@ -130,7 +139,19 @@ def _load(variant: str, model_dir: str, device: str):
     renderer = Renderer(load_preset(model_dir), device=device)
     if variant == "d":
         renderer.pipeline.unet.to(memory_format=torch.channels_last)
+    if variant == "f":  # the forward alone, so the timing hooks around the module's call stay outside the graph
+        renderer.pipeline.unet.forward = torch.compile(renderer.pipeline.unet.forward)
     return renderer
+
+
+def _estimate_mb(loaded, variant: str, device: str, size: int, frames: int) -> float | None:
+    """cdvideo's own peak-memory estimate for this render (the line it prints before rendering); None for (a), (b)."""
+    if variant not in "cdef":
+        return None
+    from cdvideo.memory import estimate_peak_bytes, parameter_counts
+
+    counts = parameter_counts(loaded.preset)
+    return estimate_peak_bytes(counts, device, loaded.dtype, size, size, frames, low_vram=variant == "e") / 2**20
 
 
 def child(variant: str, model_dir: str, device: str, size: int, frames: int, steps: int, out: str) -> None:
@@ -142,8 +163,27 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     t = time.perf_counter()
     loaded = _load(variant, model_dir, device)
     load_s = time.perf_counter() - t
-    pipe = loaded.pipeline if variant in "cde" else loaded
+    pipe = loaded.pipeline if variant in "cdef" else loaded
     pipe.set_progress_bar_config(disable=True)
+    cuda = device.startswith("cuda")
+
+    def render(n_steps: int):
+        if variant in "cdef":
+            settings = RenderSettings(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size,
+                                      width=size, steps=n_steps, guidance_scale=7.5, seed=SEED, scheduler="ddim",
+                                      low_vram=variant == "e")
+            return loaded.render(settings, progress=False)
+        output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
+                      num_inference_steps=n_steps, guidance_scale=7.5,
+                      generator=torch.Generator().manual_seed(SEED), output_type="np")
+        return (output.frames[0] * 255).round().astype(np.uint8)
+
+    warmup_s = None
+    if cuda:  # CUDA context, cuDNN autotuning, (f)'s compilation: not what a clip costs once warm
+        t = time.perf_counter()
+        render(1)
+        torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - t
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     unet_times: list[float] = []
@@ -170,20 +210,13 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
         return result
 
     pipe.vae.decode = timed_decode
-    if device.startswith("cuda"):
+    unet_times.clear()
+    vae_times.clear()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     t = time.perf_counter()
-    if variant in "cde":
-        settings = RenderSettings(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size,
-                                  width=size, steps=steps, guidance_scale=7.5, seed=SEED, scheduler="ddim",
-                                  low_vram=variant == "e")
-        result = loaded.render(settings, progress=False)
-    else:
-        output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
-                      num_inference_steps=steps, guidance_scale=7.5,
-                      generator=torch.Generator().manual_seed(SEED), output_type="np")
-        result = (output.frames[0] * 255).round().astype(np.uint8)
+    result = render(steps)
     sync()
     clip_s = time.perf_counter() - t
     np.save(out, result)
@@ -191,7 +224,8 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
         load_s=load_s, clip_s=clip_s, step_s=float(np.mean(unet_times)), unet_calls=len(unet_times),
         vae_s=float(sum(vae_times)),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
+        cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        warmup_s=warmup_s, estimate_mb=_estimate_mb(loaded, variant, device, size, frames),
     )
     print("RESULT " + json.dumps(report), flush=True)
 
@@ -239,7 +273,8 @@ def main() -> None:
             results[variant] = json.loads(lines[-1][len("RESULT "):])
             frames_of[variant] = np.load(out)
             r = results[variant]
-            print(f"  ({variant}) done: load {r['load_s']:.1f} s, clip {r['clip_s']:.1f} s", flush=True)
+            warm = f", warm-up {r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else ""
+            print(f"  ({variant}) done: load {r['load_s']:.1f} s{warm}, clip {r['clip_s']:.1f} s", flush=True)
 
         base = results.get("a")
         ref = "a" if base else next(iter(results))  # frames compared with (a), or with the first variant run
@@ -247,16 +282,18 @@ def main() -> None:
         mem_name = "CUDA max alloc" if cuda else "peak RSS"
         print()
         print(f"| variant | s/step | s/clip | VAE decode s | {mem_name} MB | load s | speed vs (a) "
-              f"| load+clip vs (a) | memory vs (a) | max abs pixel diff to ({ref}) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              f"| load+clip vs (a) | memory vs (a) | max abs pixel diff to ({ref}) | cdvideo estimate MB (vs measured) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for variant, r in results.items():
             speed = f"{base['clip_s'] / r['clip_s']:.2f}x" if base else "-"
             whole = f"{(base['load_s'] + base['clip_s']) / (r['load_s'] + r['clip_s']):.2f}x" if base else "-"
             memory = f"{r[mem_key] / base[mem_key]:.2f}" if base else "-"
+            estimate = (f"{r['estimate_mb']:.0f} ({r['estimate_mb'] / r[mem_key]:.2f})"
+                        if r.get("estimate_mb") else "-")
             diff = (int(np.abs(frames_of[variant].astype(int) - frames_of[ref].astype(int)).max())
                     if frames_of[variant].shape == frames_of[ref].shape else "-")
             print(f"| ({variant}) {VARIANTS[variant]} | {r['step_s']:.2f} | {r['clip_s']:.2f} | {r['vae_s']:.2f} "
-                  f"| {r[mem_key]:.0f} | {r['load_s']:.1f} | {speed} | {whole} | {memory} | {diff}/255 |")
+                  f"| {r[mem_key]:.0f} | {r['load_s']:.1f} | {speed} | {whole} | {memory} | {diff}/255 | {estimate} |")
         print("\nspeed vs (a): (a)'s s/clip / this s/clip (>1 is faster); memory vs (a): this peak / (a)'s peak "
               "(<1 is less). s/step is the mean UNet call (CFG batched: one call per step).")
 
