@@ -1,14 +1,14 @@
 """Does a Shapes model use its motion words? A measurement, not a render.
 
-The held-out evaluation (scripts/eval_shapes.py) shows the asked motion direction at chance. This
-script says where the words are lost. For N seeded one-object clips that move, it asks the model to
-denoise the same noisy clip three times: with the clip's own caption, with the opposite direction
-("moving left" <-> "moving right", "up" <-> "down") and with the empty caption, and prints the error
-of the predicted clean clip (latent MSE) per band of noise levels. A model that uses its motion
-words predicts the clip better with the right words than with the opposite ones, most of all at
-high noise, where the clip itself no longer shows where its object goes. It also prints how far
-apart the text encoder puts two captions that differ in one motion word, against two that differ
-in one colour word.
+The first shipped Shapes model moved its objects in the asked direction only by chance in the
+held-out evaluation (scripts/eval_shapes.py); this script said where its words were lost. For N
+seeded one-object clips that move, it asks the model to denoise the same noisy clip three times:
+with the clip's own caption, with the opposite direction ("moving left" <-> "moving right", "up"
+<-> "down") and with the empty caption, and prints the error of the predicted clean clip (latent
+MSE) per band of noise levels. A model that uses its motion words predicts the clip better with the
+right words than with the opposite ones, most of all at high noise, where the clip itself no longer
+shows where its object goes. It also prints how far apart the text encoder puts two captions that
+differ in one motion word, against two that differ in one colour word.
 
     python scripts/shapes_motion_words.py --model shapes --clips 48
 """

@@ -1,17 +1,22 @@
 """Train the Shapes model from scratch on the synthetic world, in resumable stages, on a CPU.
 
-    python scripts/train_shapes.py vae    --work runs/shapes   # 3000 steps, 26 min on 2 CPU cores
-    python scripts/train_shapes.py base   --work runs/shapes   # text encoder + UNet on frames: 4185 steps, 42 min
-    python scripts/train_shapes.py motion --work runs/shapes   # motion modules on 8-frame clips: 2364 steps, 36 min
-    python scripts/train_shapes.py decoder --work runs/shapes  # VAE decoder on two-tone objects too: 1500 steps
-    python scripts/train_shapes.py export --work runs/shapes [--to cdvideo/shapes/model]
+    python scripts/train_shapes.py vae       --work runs/shapes  # 3000 steps, 26 min on 2 CPU cores
+    python scripts/train_shapes.py base      --work runs/shapes  # text encoder + UNet on frames: 4185 steps, 42 min
+    python scripts/train_shapes.py motion    --work runs/shapes  # motion modules on 8-frame clips: 2364 steps, 36 min
+    python scripts/train_shapes.py decoder   --work runs/shapes  # VAE decoder on two-tone objects too: 1500 steps, 24 min
+    python scripts/train_shapes.py start     --work runs/shapes  # first frames captioned with their motion: 1200 steps, 23 min
+    python scripts/train_shapes.py contrast  --work runs/shapes  # zero SNR + the motion-word hinge: 1000 steps, 24 min
+    python scripts/train_shapes.py contrast2 --work runs/shapes  # half the clips at t >= 600: 1500 steps, 34 min
+    python scripts/train_shapes.py contrast3 --work runs/shapes  # hinge against any other motion: 750 steps, 17 min
+    python scripts/train_shapes.py contrast4 --work runs/shapes  # text encoder trains too: 1736 steps, 36 min
+    python scripts/train_shapes.py export    --work runs/shapes [--to cdvideo/shapes/model]
 
-Those four stages make the shipped weights. The others are attempts to make the motion follow the
-words, kept so they can be rerun and built on; none is shipped yet (docs/shapes-world.md gives their
-numbers): `words` (cross-attention and text encoder at full rate on clips), `start` (single first
-frames captioned with their motion), `motion2` (the motion stage again after `start`), `zsnr` (a
-zero-terminal-SNR schedule with v-prediction), `contrast` to `contrast4` (a loss that pays for using
-the motion words); `export --motion-stage STAGE` exports one of them instead.
+That chain makes the shipped weights: the VAE from `decoder`, the text encoder, UNet and motion
+modules from `contrast4` (zero-terminal-SNR schedule, v-prediction). The other stages are earlier
+attempts to make the motion follow the words, kept so they can be rerun (docs/shapes-world.md gives
+their numbers): `words` (cross-attention and text encoder at full rate on clips), `motion2` (the
+motion stage again after `start`), `zsnr` (zero SNR alone); `export --motion-stage STAGE` exports
+one of them instead (`motion` is the first shipped model: it ignores its motion words).
 
 The default step counts are the shipped weights' (base and motion were stopped by `--minutes`
 there); `--steps N` trains on to N, `--minutes M` stops resumably after M minutes.
@@ -596,7 +601,7 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stop (resumably) after this many minutes")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=shapes_model.SEED)
-    parser.add_argument("--motion-stage", default="motion", choices=MOTION_STAGES,
+    parser.add_argument("--motion-stage", default="contrast4", choices=MOTION_STAGES,
                         help="export: the stage whose text encoder, UNet and motion modules ship")
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)

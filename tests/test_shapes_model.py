@@ -39,11 +39,12 @@ def settings(preset, **fields) -> RenderSettings:
 
 def test_preset_matches_the_model_it_was_trained_as(shapes_preset):
     assert (shapes_preset.base, shapes_preset.motion_adapter) == ("builtin:shapes", "builtin:shapes")
-    sampling = {k: v for k, v in shapes_model.SCHEDULER_CONFIG.items() if k != "num_train_timesteps"}
+    trained = {**shapes_model.SCHEDULER_CONFIG, **shapes_model.ZERO_SNR}
+    sampling = {k: v for k, v in trained.items() if k != "num_train_timesteps"}
     assert shapes_preset.scheduler == "ddim" and shapes_preset.scheduler_config == sampling
     assert (shapes_preset.height, shapes_preset.width, shapes_preset.num_frames, shapes_preset.max_frames) == (32, 32, 8, 32)
     assert (shapes_preset.steps, shapes_preset.guidance_scale, shapes_preset.fps, shapes_preset.negative_prompt) == \
-        (25, 7.5, 8, "")
+        (25, 2.0, 8, "")
     assert missing_weights(shapes_preset) == []
 
 

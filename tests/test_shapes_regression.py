@@ -1,11 +1,11 @@
 """Regression checks on the shipped Shapes weights: fixed-seed renders of held-out prompts are right.
 
 The prompts are from the world's test split (colour/shape/background triples never shown in
-training), with the preset's defaults; the cases are ones `scripts/eval_shapes.py` judged right
-when the weights were made. If retrained weights get one wrong, the judge's reading is in the
-failure message. The direction of motion is not asserted: the shipped motion module makes objects
-travel smoothly but does not follow the motion words (docs/shapes-world.md); that the object is
-seen in every frame, travelling as one, is.
+training), with the preset's defaults; the cases were judged right when the weights were made,
+the same object and background asked to move both ways along an axis, so a model that takes the
+direction from the seed's noise rather than the words (the first shipped model did:
+docs/shapes-world.md) fails one of each pair. If retrained weights get one wrong, the judge's
+reading is in the failure message.
 """
 
 import pytest
@@ -19,8 +19,11 @@ from cdvideo.shapes.world import held_out, parse_caption
 # (prompt, seed): held-out captions, rendered with the preset's defaults.
 CASES = [
     ("a white circle moving right on a black background", 0),
+    ("a white circle moving left on a black background", 0),
     ("a blue triangle moving up on a green background", 0),
+    ("a blue triangle moving down on a green background", 0),
     ("a green triangle moving down on a white background", 1),
+    ("a green triangle moving up on a white background", 1),
 ]
 
 
@@ -38,7 +41,8 @@ def test_held_out_prompt_is_rendered_right(renderer, prompt, seed):
     score = score_video(frames, prompt)
     seen = [(f.background, [(o.colour, o.shape) for o in f.objects]) for f in judge_video(frames)]
     assert score.background >= 0.8 and score.objects >= 0.8, (score, seen)
-    assert motion_of(judge_video(frames), request.objects[0]["shape"], request.objects[0]["colour"]) is not None, seen
+    tracked = motion_of(judge_video(frames), request.objects[0]["shape"], request.objects[0]["colour"])
+    assert tracked == request.motion, (tracked, seen)
 
 
 def test_the_vae_reconstructs_the_concept_it_never_saw(renderer):
@@ -68,8 +72,8 @@ def test_the_vae_reconstructs_the_concept_it_never_saw(renderer):
 def test_the_example_concept_renders_the_two_tone_circle(renderer):
     """examples/shapes-twotone-circle.safetensors (the ClassDiffusion concept of docs/shapes-world.md)
     on its training background: the judge sees a circle with both concept colours (each >= 20 % of it)
-    in 0.41 of these frames when the concept was made (the base model: never); a retrained concept or
-    model that loses it fails here."""
+    in 0.97 of these frames when the concept was made (seeds 0-3: 1, 1, 1, 0.875; the base model:
+    never); a retrained concept or model that loses it fails here."""
     from pathlib import Path
 
     import numpy as np
@@ -84,4 +88,4 @@ def test_the_example_concept_renders_the_two_tone_circle(renderer):
     for seed in range(4):
         settings = resolve_settings(RenderSettings(prompt=prompt, model="shapes", seed=seed), renderer.preset)
         shares.append(judge_concept_clip(renderer.render(settings, concepts, progress=False), prompt, seed).concept)
-    assert np.mean(shares) >= 0.3 and min(shares) > 0, shares
+    assert np.mean(shares) >= 0.7 and min(shares) >= 0.5, shares

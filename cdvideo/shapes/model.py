@@ -56,12 +56,13 @@ TEXT_ENCODER_CONFIG = dict(
     max_position_embeddings=MAX_TOKENS,
     projection_dim=64,
 )
-# Trained and sampled with SD's noise schedule; DDIM as SD's own pipeline configures it.
+# SD's noise schedule, DDIM as SD's own pipeline configures it: what the first training stages use.
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SCHEDULER_CONFIG = dict(**NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                         timestep_spacing="leading")
 # The same betas rescaled so the last step keeps nothing of the clean clip (Lin et al. 2024), with
-# v-prediction (epsilon is undefined at zero SNR) and sampling from t = 999.
+# v-prediction (epsilon is undefined at zero SNR) and sampling from t = 999: what the last stages
+# train with and the shipped model samples with (SCHEDULER_CONFIG + ZERO_SNR; configs/models/shapes.yaml).
 ZERO_SNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
 
 
