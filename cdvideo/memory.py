@@ -7,10 +7,10 @@ the models on the meta device: nothing is loaded) plus an activation term that s
 frames x height x width, for the UNet (CFG batch of 2; latent pixels, so a VAE that downsamples
 by 4 rather than SD's 8 counts 4x) and for the VAE decode (diffusers decodes
 16 frames at a time; `--low-vram` slices it to one). The constants are calibrated from peak RSS
-measured at real size on a CPU (docs/performance.md); GPU figures use the same constants scaled by
-the dtype (checked once, on an H200 at 512x512x16 fp16: 0.95 of the measured peak, 0.82 with
---low-vram). `--low-vram` on CUDA also offloads models to the CPU between uses, so only the largest
-model's weights count there.
+measured at real size on a CPU and, for the UNet term, on CUDA (docs/performance.md); GPU figures
+use the same constants scaled by the dtype (on an H200, fp16, 512x512x16 to 768x768x16: 0.94-1.00
+of the measured peak, 1.01-1.06 with --low-vram). `--low-vram` on CUDA also offloads models to the
+CPU between uses, so only the largest model's weights count there.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from cdvideo.errors import ConfigError
 
 # Calibrated on CPU, float32, SD 1.5 + AnimateDiff v2 at real size (docs/performance.md).
 PROCESS_OVERHEAD_BYTES = 450 * 2**20  # python, torch, diffusers and the allocator's slack (CPU only)
-UNET_BYTES_PER_PIXEL_FRAME = 4 * 50.0  # per float32 element: x (frames x H x W) x CFG batch, at SD's VAE factor
+# per float32 element: x (frames x H x W) x CFG batch, at SD's VAE factor. Fitted to CUDA max allocated
+# under --low-vram, where the UNet sets the peak (H200, fp16: 512x512x16/32, 768x768x16). Without
+# --low-vram the VAE decode sets the peak at every size measured, CPU or CUDA; the CPU's --low-vram
+# row (128x128x8) moved from 6167 to 6225 MiB estimated against 6211 measured.
+UNET_BYTES_PER_PIXEL_FRAME = 4 * 120.0
 CALIBRATED_VAE_FACTOR = 8  # the UNet term follows latent pixels: (8 / factor)^2 more of them per frame pixel
 VAE_BYTES_PER_PIXEL_FRAME = 4 * 1000.0  # per float32 element: x (decode chunk x H x W)
 VAE_DECODE_CHUNK = 16  # diffusers' AnimateDiff decode_chunk_size
