@@ -93,6 +93,8 @@ class RenderSettings:
     width: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
+    # Guidance rescale phi in [0, 1] (Lin et al. 2024; cdvideo.guidance): for zero-terminal-SNR models at high guidance.
+    guidance_rescale: float | None = None
     fps: int | None = None
     # None draws a random seed, which is recorded in the sidecar so the render can be repeated.
     seed: int | None = None

@@ -66,6 +66,8 @@ class ModelPreset:
     # LoRAs that belong to the model, merged before the user's: [{path: FILE or owner/repo/FILE, strength: 0.8}].
     loras: list[dict[str, Any]] = field(default_factory=list)
     guidance_scale: float = 7.5
+    # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
+    guidance_rescale: float = 0.0
     fps: int = 8
     negative_prompt: str = ""
     description: str = ""

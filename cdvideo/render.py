@@ -36,6 +36,7 @@ from cdvideo.files import write_json_atomic
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
 from cdvideo.formats.concepts import source_sha256
+from cdvideo.guidance import guidance_rescale_applied
 from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
 from cdvideo.models import (SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelPreset, check_available, load_preset,
@@ -54,6 +55,7 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
         "width": preset.width,
         "steps": preset.steps,
         "guidance_scale": preset.guidance_scale,
+        "guidance_rescale": preset.guidance_rescale,
         "fps": preset.fps,
         "scheduler": preset.scheduler,
         "seed": random.SystemRandom().randrange(0, 2**63),
@@ -90,6 +92,8 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
     if settings.guidance_scale < 0:
         raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
+    if not 0 <= settings.guidance_rescale <= 1:
+        raise ConfigError(f"guidance_rescale must be between 0 and 1 (0.7 is Lin et al.'s), got {settings.guidance_rescale}")
     if settings.fps <= 0:
         raise ConfigError(f"fps must be positive, got {settings.fps}")
     if not 0 <= settings.seed <= MAX_SEED:
@@ -291,7 +295,8 @@ class Renderer:
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
         self._use_scheduler(settings.scheduler)
         with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings),
-              low_vram_applied(self.pipeline, settings, self.device)):
+              low_vram_applied(self.pipeline, settings, self.device),
+              guidance_rescale_applied(self.pipeline, settings)):
             return render_frames(self.pipeline, settings, progress=progress)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
@@ -301,7 +306,8 @@ class Renderer:
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         self._use_scheduler(settings[0].scheduler)
         with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings[0]),
-              low_vram_applied(self.pipeline, settings[0], self.device)):
+              low_vram_applied(self.pipeline, settings[0], self.device),
+              guidance_rescale_applied(self.pipeline, settings[0])):
             return render_frames_batch(self.pipeline, settings, progress=progress)
 
 

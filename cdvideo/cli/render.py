@@ -21,6 +21,8 @@ SETTING_FLAGS = {
     "fps": (int, "frames per second of the written video"),
     "steps": (int, "denoising steps"),
     "guidance_scale": (float, "classifier-free guidance scale"),
+    "guidance_rescale": (float, "guidance rescale phi, 0..1 (0.7 in Lin et al.): keeps high guidance from over-saturating "
+                                "zero-terminal-SNR / v-prediction models (default: preset's, 0 = off)"),
     "seed": (int, "random seed (default: drawn and recorded in the sidecar)"),
     "height": (int, "frame height in pixels, a multiple of 8"),
     "width": (int, "frame width in pixels, a multiple of 8"),
