@@ -81,10 +81,11 @@ class ModelPreset:
 
 
 def presets_dir() -> Path:
-    """$CDVIDEO_PRESETS, else the repository's configs/models."""
+    """$CDVIDEO_PRESETS, else the repository's configs/models (reached through the link cdvideo/presets,
+    whose files a wheel carries, so an installed package finds them too)."""
     if os.environ.get("CDVIDEO_PRESETS"):
         return Path(os.environ["CDVIDEO_PRESETS"])
-    return Path(__file__).resolve().parent.parent / "configs" / "models"
+    return Path(__file__).resolve().parent / "presets"
 
 
 def list_presets() -> list[str]:
@@ -152,14 +153,21 @@ class MotionEntry:
 
 
 def motion_modules_dir() -> Path:
-    """$CDVIDEO_MOTION_MODULES, else the repository's motion_modules/ (registry and dropped-in files)."""
+    """Where original motion-module files are dropped in: $CDVIDEO_MOTION_MODULES, else the repository's
+    motion_modules/, else (an installed package, no checkout) $CDVIDEO_CACHE/motion_modules."""
     if os.environ.get("CDVIDEO_MOTION_MODULES"):
         return Path(os.environ["CDVIDEO_MOTION_MODULES"])
-    return Path(__file__).resolve().parent.parent / "motion_modules"
+    checkout = Path(__file__).resolve().parent.parent / "motion_modules"
+    if checkout.is_dir():
+        return checkout
+    from cdvideo.tiny import cache_dir
+
+    return cache_dir() / "motion_modules"
 
 
 def motion_registry() -> dict[str, MotionEntry]:
-    path = Path(__file__).resolve().parent.parent / "motion_modules" / "registry.yaml"
+    # motion_modules/registry.yaml, through the link that a wheel carries as a file.
+    path = Path(__file__).resolve().parent / "motion_registry.yaml"
     entries = read_yaml(path) or []
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a list of motion modules")

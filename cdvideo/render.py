@@ -92,7 +92,7 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
     if settings.guidance_scale < 0:
         raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
-    if not 0 <= settings.guidance_rescale <= 1:
+    if settings.guidance_rescale is not None and not 0 <= settings.guidance_rescale <= 1:
         raise ConfigError(f"guidance_rescale must be between 0 and 1 (0.7 is Lin et al.'s), got {settings.guidance_rescale}")
     if settings.fps <= 0:
         raise ConfigError(f"fps must be positive, got {settings.fps}")
