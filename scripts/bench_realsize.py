@@ -10,7 +10,9 @@ nothing is downloaded. Then runs each variant in its own process, on the same in
   (b) the official ClassDiffusion video recipe: a StableDiffusionPipeline (whose 2D UNet would take the
       merged concept weights; with random weights there is nothing to merge), then
       `AnimateDiffPipeline.from_pipe(sd, motion_adapter=...)`; fp16 + VAE slicing + model CPU offload on
-      CUDA, float32 + VAE slicing on the CPU (fp16 and offload are GPU-only);
+      CUDA, float32 + VAE slicing on the CPU (fp16 and offload are GPU-only). On CUDA the recipe's fp16
+      does not survive: `from_pipe` casts every component to its own `torch_dtype`, float32 by default
+      (docs/performance.md); the variant keeps the recipe as written;
   (c) cdvideo's `Renderer` with its defaults;
   (d) only with --variants abcd: a candidate speed-up, (c) with the UNet in channels_last (measured, not kept);
   (e) only when asked (--variants ce): (c) with --low-vram (VAE slicing; model CPU offload on CUDA);
