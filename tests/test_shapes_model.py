@@ -176,3 +176,17 @@ def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
     out = capsys.readouterr().out
     assert out.count("| t ") == 4 and "colour word (red / green)" in out
     assert "with the right motion words" in out
+
+
+def test_concept_motion_script_shows_the_concept_fade_with_its_strength(capsys):
+    """scripts/shapes_concept_motion.py: the concept/motion trade-off in docs/shapes-world.md."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "shapes_concept_motion.py"
+    spec = importlib.util.spec_from_file_location("shapes_concept_motion", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.main(["--strengths", "1", "0", "--seeds", "1", "--steps", "8", "--device", "cpu"])
+    assert [r[0] for r in rows] == [1.0, 0.0] and rows[0][1] > rows[1][1]  # the concept shows at 1, fades at 0
+    assert capsys.readouterr().out.count("\n| ") == 3  # header, two rows
