@@ -100,6 +100,8 @@ class RenderSettings:
     seed: int | None = None
     scheduler: str | None = None
     concepts: list[ConceptSpec] = field(default_factory=list)
+    # Share of the denoising steps run before the concepts' key/value changes go on (cdvideo.inject.deltas_delayed).
+    concept_start: float = 0.0
     # LoRAs merged into the spatial UNet and text encoder for the render, taken off after it.
     loras: list[LoraSpec] = field(default_factory=list)
     model: str = DEFAULT_MODEL

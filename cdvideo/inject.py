@@ -153,6 +153,43 @@ def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]],
 
 
 @contextlib.contextmanager
+def deltas_delayed(injector: ConceptInjector, off_steps: int, total_steps: int):
+    """Keep the applied concepts' key/value changes off for the first `off_steps` denoising steps.
+
+    Yields a diffusers `callback_on_step_end` that puts them on after step `off_steps` (and off again
+    after the last step, so a FreeInit pass starts without them too), or None when there is nothing to
+    delay. The token embeddings stay in from the start. Why: the first, noisiest steps settle where
+    things are and which way they move, and a concept's key/value changes, trained on still images,
+    act on every word of the prompt, the motion words too (docs/shapes-world.md measures it). On exit
+    the concepts are as applied, for `concepts_applied` to take off bit for bit.
+    """
+    entries = [e for e in injector.applied if e.concept.deltas]
+    if off_steps <= 0 or not entries:
+        yield None
+        return
+    strengths = [e.strength for e in entries]
+    names = set().union(*(e.concept.deltas for e in entries))
+
+    def switch(on: bool) -> None:
+        for entry, strength in zip(entries, strengths):
+            entry.strength = strength if on else 0.0
+        injector._merge(names)
+
+    def callback(pipeline, step: int, timestep, callback_kwargs):
+        if step + 1 == off_steps:
+            switch(True)
+        elif step + 1 == total_steps:
+            switch(False)
+        return callback_kwargs
+
+    switch(False)
+    try:
+        yield callback
+    finally:
+        switch(True)
+
+
+@contextlib.contextmanager
 def loras_applied(pipeline, loras: list[tuple[dict, float, str]]) -> Iterator[None]:
     """Merge bound LoRAs `(bound, strength, name)` for the duration of a `with` block, then restore exactly.
 

@@ -92,6 +92,8 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
     if settings.guidance_scale < 0:
         raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
+    if not 0 <= settings.concept_start < 1:
+        raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
     if settings.guidance_rescale is not None and not 0 <= settings.guidance_rescale <= 1:
         raise ConfigError(f"guidance_rescale must be between 0 and 1 (0.7 is Lin et al.'s), got {settings.guidance_rescale}")
     if settings.fps <= 0:
@@ -160,11 +162,12 @@ def prompt_warnings(prompt: str, concepts: list[tuple[Concept, float, str]]) -> 
     return messages
 
 
-def render_frames(pipeline, settings: RenderSettings, progress: bool = True) -> np.ndarray:
+def render_frames(pipeline, settings: RenderSettings, progress: bool = True, callback=None) -> np.ndarray:
     """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
 
     The call is exactly what a plain diffusers script makes, so the frames are identical to it.
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
+    `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.deltas_delayed), passed only if given.
     """
     import torch
 
@@ -180,11 +183,13 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True) -> 
         guidance_scale=settings.guidance_scale,
         generator=generator,
         output_type="np",
+        **({"callback_on_step_end": callback} if callback else {}),
     )
     return frames_to_uint8(output.frames[0])  # (f, h, w, 3)
 
 
-def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool = True) -> list[np.ndarray]:
+def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool = True,
+                        callback=None) -> list[np.ndarray]:
     """Render several videos that differ only in prompt, negative prompt and seed in one pipeline call.
 
     Each video gets its own CPU generator with its own seed, and diffusers draws each video's
@@ -206,6 +211,7 @@ def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool
         guidance_scale=first.guidance_scale,
         generator=[torch.Generator(device="cpu").manual_seed(s.seed) for s in settings],
         output_type="np",
+        **({"callback_on_step_end": callback} if callback else {}),
     )
     return [frames_to_uint8(frames) for frames in output.frames]  # each (f, h, w, 3)
 
@@ -288,27 +294,34 @@ class Renderer:
         concepts = resolve_concepts(concepts or [], self.pipeline, self.preset.base)
         fingerprint = fingerprint_unet(self.pipeline.unet) if loras and concepts else None
         bound = [(bind_lora(lora, self.pipeline), strength, name) for lora, strength, name in loras or []]
-        with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint):
-            yield
+        with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint) as injector:
+            yield injector
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
+        from cdvideo.inject import deltas_delayed
+
         self._use_scheduler(settings.scheduler)
-        with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings),
+        with (self._applied(concepts, loras) as injector, long_video_applied(self.pipeline, settings),
               low_vram_applied(self.pipeline, settings, self.device),
-              guidance_rescale_applied(self.pipeline, settings)):
-            return render_frames(self.pipeline, settings, progress=progress)
+              guidance_rescale_applied(self.pipeline, settings),
+              deltas_delayed(injector, int(settings.concept_start * settings.steps), settings.steps) as callback):
+            return render_frames(self.pipeline, settings, progress=progress, callback=callback)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
         if needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
+        from cdvideo.inject import deltas_delayed
+
         self._use_scheduler(settings[0].scheduler)
-        with (self._applied(concepts, loras), long_video_applied(self.pipeline, settings[0]),
-              low_vram_applied(self.pipeline, settings[0], self.device),
-              guidance_rescale_applied(self.pipeline, settings[0])):
-            return render_frames_batch(self.pipeline, settings, progress=progress)
+        first = settings[0]
+        with (self._applied(concepts, loras) as injector, long_video_applied(self.pipeline, first),
+              low_vram_applied(self.pipeline, first, self.device),
+              guidance_rescale_applied(self.pipeline, first),
+              deltas_delayed(injector, int(first.concept_start * first.steps), first.steps) as callback):
+            return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
 
 
 def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,

@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=4, help="render seeds per prompt (0..K-1, the same for every method)")
     parser.add_argument("--render-steps", type=int, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's)")
+    parser.add_argument("--concept-start", type=float, default=0.0,
+                        help="share of the steps before the concepts' key/value changes go on (cdvideo render --concept-start)")
     parser.add_argument("--batch", type=int, default=8, help="clips per pipeline call")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="every clip's scores (default: WORK/results.json)")
@@ -186,7 +188,7 @@ def render_and_judge_methods(args, renderer, trained: dict[str, dict]) -> list[d
         judged_as = dict(zip(rendered, PROMPTS))
         items = [(p, seed) for p in rendered for seed in range(args.seeds)]
         clips = render_clips(items, renderer, concept=concept, steps=args.render_steps,
-                             guidance_scale=args.guidance, batch_size=args.batch)
+                             guidance_scale=args.guidance, batch_size=args.batch, concept_start=args.concept_start)
         for settings, frames in clips:
             judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed)
             row = {"method": method, "rendered_prompt": settings.prompt, **judged.to_dict(),
@@ -268,7 +270,7 @@ def main(argv=None) -> int:
         f"# ClassDiffusion vs Custom Diffusion on the Shapes world\n\n"
         f"Model `{preset.name}`; concept `<new1> circle` (yellow upper half, blue lower) from {TRAIN_IMAGES} images "
         f"on black; {args.steps} training steps per concept; {len(PROMPTS)} prompts x {args.seeds} seeds per method, "
-        f"{steps} denoising steps, guidance {guidance}. Shares are of frames (motion: of clips that ask one); "
+        f"{steps} denoising steps, guidance {guidance}, concept start {args.concept_start:g}. Shares are of frames (motion: of clips that ask one); "
         f"`composition` = background and other objects right, `everything` = that and the concept, both 0 for a clip "
         f"whose asked motion is wrong.\n\n{text}\n\n"
         f"Command: `{command}`\n\n"
@@ -283,7 +285,8 @@ def main(argv=None) -> int:
         "command": command,
         "settings": {"model": preset.name, "training_steps": args.steps, "learning_rate": args.learning_rate,
                      "batch_size": args.batch_size, "train_seed": args.train_seed, "seeds": args.seeds,
-                     "render_steps": steps, "guidance": guidance, "device": renderer.device,
+                     "render_steps": steps, "guidance": guidance, "concept_start": args.concept_start,
+                     "device": renderer.device,
                      "base_fingerprint": fingerprint},
         "prompts": PROMPTS,
         "training": trained,

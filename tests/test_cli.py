@@ -70,6 +70,8 @@ def no_model_loading(monkeypatch):
         (["--scheduler", "heun"], "unknown scheduler 'heun'"),
         (["--out", "video.avi"], "cannot tell the video format"),
         (["--prompt", " "], "prompt is empty"),
+        (["--guidance-rescale", "1.5"], "guidance_rescale must be between 0 and 1"),
+        (["--concept-start", "1"], "concept_start must be at least 0 and below 1"),
     ],
 )
 def test_bad_input_is_one_line_before_loading(capsys, no_model_loading, tmp_path, args, message):

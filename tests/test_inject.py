@@ -1,5 +1,7 @@
 """Injection into the built motion UNet: effects, exactness, reversibility, clear errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,29 @@ def test_same_frames_as_diffusers_custom_diffusion_processors(tiny_pipeline):
     largest = np.abs(reference.astype(int) - ours.astype(int)).max()
     print(f"largest pixel difference vs diffusers' Custom Diffusion processors: {largest}/255")
     assert largest <= 1
+
+
+def test_concept_start_keeps_key_value_changes_off_for_the_first_steps(tiny_renderer):
+    """--concept-start 0.5 with 4 steps: the UNet sees the base key/value weights in its first 2 calls
+    (CFG-batched: one call per step) and the concept's in the last 2; every weight is back afterwards."""
+    pipeline = tiny_renderer.pipeline
+    state = snapshot(pipeline)
+    concept = make_concept(pipeline, seed=3)
+    name = next(iter(concept.deltas))
+    base = dict(pipeline.unet.named_parameters())[name].detach().clone()
+    seen = []
+    hook = pipeline.unet.register_forward_pre_hook(
+        lambda module, args: seen.append(not torch.equal(dict(module.named_parameters())[name], base)))
+    try:
+        request = RenderSettings(prompt="a <new1> dog", negative_prompt="", num_frames=4, height=32, width=32,
+                                 steps=4, guidance_scale=7.5, seed=0, fps=8, scheduler="ddim", concept_start=0.5)
+        delayed = tiny_renderer.render(request, [(concept, 1.0, "c")], progress=False)
+        assert seen == [False, False, True, True]
+        seen.clear()
+        at_once = tiny_renderer.render(dataclasses.replace(request, concept_start=0.0), [(concept, 1.0, "c")],
+                                       progress=False)
+        assert seen == [True] * 4
+    finally:
+        hook.remove()
+    assert not np.array_equal(delayed, at_once)
+    assert_same_state(pipeline, state)

@@ -188,5 +188,5 @@ def test_concept_motion_script_shows_the_concept_fade_with_its_strength(capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     rows = script.main(["--strengths", "1", "0", "--seeds", "1", "--steps", "8", "--device", "cpu"])
-    assert [r[0] for r in rows] == [1.0, 0.0] and rows[0][1] > rows[1][1]  # the concept shows at 1, fades at 0
+    assert [r[0] for r in rows] == [1.0, 0.0] and rows[0][2] > rows[1][2]  # the concept shows at 1, fades at 0
     assert capsys.readouterr().out.count("\n| ") == 3  # header, two rows

@@ -151,6 +151,7 @@ def render_clips(
     *,
     concept: str | None = None,
     strength: float = 1.0,
+    concept_start: float = 0.0,
     steps: int | None = None,
     guidance_scale: float | None = None,
     batch_size: int = 8,
@@ -158,7 +159,8 @@ def render_clips(
     """Render every (prompt, seed) at the world's size and length; yields (resolved settings, (f, h, w, 3) uint8 frames).
 
     `renderer` is a loaded `cdvideo.render.Renderer` (load it once, reuse it for every call);
-    `concept` is a concept file applied to every clip and taken off after; `steps` /
+    `concept` is a concept file applied to every clip and taken off after (its key/value changes
+    on from `concept_start` of the steps: cdvideo.inject.deltas_delayed); `steps` /
     `guidance_scale` None take the model preset's. Clips are rendered `batch_size` at a time in
     one pipeline call each, each with its own seeded generator: the frames of one-by-one renders,
     up to float rounding.
@@ -173,7 +175,8 @@ def render_clips(
         # The world's unconditional caption is "": the model learned guidance from empty captions.
         request = RenderSettings(prompt=prompt, seed=int(seed), model=preset.name, negative_prompt="",
                                  num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=steps,
-                                 guidance_scale=guidance_scale, concepts=specs, device=renderer.device)
+                                 guidance_scale=guidance_scale, concepts=specs, concept_start=concept_start,
+                                 device=renderer.device)
         resolved = resolve_settings(request, preset)
         check_inputs(resolved, preset)
         settings.append(resolved)
