@@ -210,6 +210,9 @@ def test_concept_start_keeps_key_value_changes_off_for_the_first_steps(tiny_rend
         at_once = tiny_renderer.render(dataclasses.replace(request, concept_start=0.0), [(concept, 1.0, "c")],
                                        progress=False)
         assert seen == [True] * 4
+        seen.clear()
+        tiny_renderer.render(dataclasses.replace(request, free_init=2), [(concept, 1.0, "c")], progress=False)
+        assert seen == [False, False, True, True] * 2  # each FreeInit pass starts without them again
     finally:
         hook.remove()
     assert not np.array_equal(delayed, at_once)
