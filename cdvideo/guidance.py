@@ -33,7 +33,7 @@ def guidance_rescale_applied(pipeline, settings) -> Iterator[None]:
     """While rendering `settings`, scale the UNet's CFG-batched output so that the pipeline's guided
     prediction is the rescaled one (phi = `settings.guidance_rescale`); nothing changes for phi 0 or
     without guidance (guidance scale <= 1, no unconditional half)."""
-    phi = getattr(settings, "guidance_rescale", 0.0) or 0.0
+    phi = settings.guidance_rescale or 0.0  # None: unresolved settings, off
     if phi == 0 or settings.guidance_scale <= 1:
         yield
         return

@@ -297,15 +297,24 @@ class Renderer:
         with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint) as injector:
             yield injector
 
-    def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
-               progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
+    @contextlib.contextmanager
+    def _prepared(self, settings: RenderSettings, concepts, loras):
+        """Everything one render (or one batch, which shares `settings`' shared fields) switches on and
+        off again: scheduler, LoRAs and concepts, long-video windows, low-VRAM, guidance rescale, and
+        the concepts' delayed start. Yields the step-end callback to pass to the pipeline, or None."""
         from cdvideo.inject import deltas_delayed
 
         self._use_scheduler(settings.scheduler)
+        off_steps = int(settings.concept_start * settings.steps)
         with (self._applied(concepts, loras) as injector, long_video_applied(self.pipeline, settings),
               low_vram_applied(self.pipeline, settings, self.device),
               guidance_rescale_applied(self.pipeline, settings),
-              deltas_delayed(injector, int(settings.concept_start * settings.steps), settings.steps) as callback):
+              deltas_delayed(injector, off_steps, settings.steps) as callback):
+            yield callback
+
+    def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
+               progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
+        with self._prepared(settings, concepts, loras) as callback:
             return render_frames(self.pipeline, settings, progress=progress, callback=callback)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
@@ -313,16 +322,8 @@ class Renderer:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
         if needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
-        from cdvideo.inject import deltas_delayed
-
-        self._use_scheduler(settings[0].scheduler)
-        first = settings[0]
-        with (self._applied(concepts, loras) as injector, long_video_applied(self.pipeline, first),
-              low_vram_applied(self.pipeline, first, self.device),
-              guidance_rescale_applied(self.pipeline, first),
-              deltas_delayed(injector, int(first.concept_start * first.steps), first.steps) as callback):
+        with self._prepared(settings[0], concepts, loras) as callback:
             return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
-
 
 def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,
                    progress: bool = True) -> RenderResult:
