@@ -24,31 +24,30 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it.
+    """Yield a temporary path in a hidden `.NAME.*.partial` folder beside `path`.
+
+    On success the temporary is renamed to `path`; on failure, or after the rename, the folder goes.
 
     The temporary name keeps the extension, since writers such as ffmpeg choose the format by it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    # A file is written inside a private folder, not beside its final name: a writer that outlives a
+    # killed process (imageio-ffmpeg starts ffmpeg in its own process group, and +faststart reopens the
+    # output by name) cannot re-create anything once the next run has removed the folder.
+    partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = partial if directory else partial / path.name
     try:
+        if not directory:
+            tmp.touch()
         yield tmp
-        # mkstemp creates files readable by the owner only; give the result the usual permissions.
+        # mkdtemp creates folders readable by the owner only; give the result the usual permissions.
         os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         if directory and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
-        if directory:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # after a success: the empty private folder
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:

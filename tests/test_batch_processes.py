@@ -55,6 +55,30 @@ def test_sigkill_leaves_nothing_truncated_and_the_next_run_completes(tmp_path, t
         assert read_video(out / record["video"])[0].shape == (4, 32, 32, 3)
 
 
+ORPHAN_WRITER = """
+import os, signal, subprocess, sys
+from cdvideo.files import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    # Like imageio-ffmpeg's ffmpeg: its own process group, so it outlives us, and it (re)opens the
+    # output by name after a while (the +faststart pass rewrites the file in place).
+    subprocess.Popen(["sh", "-c", f"sleep 1; echo late > '{tmp}'"], preexec_fn=os.setpgrp)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_that_outlives_its_killed_process_cannot_bring_a_partial_back(tmp_path):
+    from cdvideo.batch import remove_leftovers
+
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", ORPHAN_WRITER, str(out / "0000-a-dog-1.mp4")])
+    assert killed.returncode == -signal.SIGKILL
+    assert list(out.glob(".*.partial*"))  # what the killed run left
+    remove_leftovers(out)  # what the next run does first
+    time.sleep(2)  # the orphan has written by now, if it could
+    assert not list(out.iterdir())
+
+
 @pytest.mark.skipif(os.cpu_count() < 2, reason="two processes need two cores")
 def test_two_processes_share_the_items_and_the_manifest_ends_complete(tmp_path, tiny_pipeline, capsys):
     prompts = tmp_path / "p.txt"
