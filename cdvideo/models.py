@@ -28,6 +28,8 @@ BUILTIN_MODELS = ("tiny", "shapes")
 # asks for frame sizes in multiples of 8, whatever the VAE.
 SD_VAE_SCALE_FACTOR = 8
 MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
+# Render defaults a model directory may carry (preset keys, `base` left out): `--model DIR` uses them.
+MODEL_DIR_PRESET = "cdvideo.yaml"
 # The components cdvideo reads from a base model, and the file that proves each is present.
 BASE_COMPONENTS = {
     "unet": "unet/config.json",
@@ -114,25 +116,66 @@ def _preset_from_yaml(path: Path, name: str) -> ModelPreset:
     data = read_yaml(path)
     preset = from_dict(ModelPreset, data, str(path))
     preset.name = preset.name or name
+    return _known_scheduler(preset, path)
+
+
+def _known_scheduler(preset: ModelPreset, source: Path) -> ModelPreset:
     if preset.scheduler not in SCHEDULERS:
-        raise ConfigError(f"{path}: unknown scheduler {preset.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"{source}: unknown scheduler {preset.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     return preset
 
 
 def _preset_from_model_dir(path: Path) -> ModelPreset:
-    """A diffusers SD directory: render defaults of the default preset, its own motion adapter if it has one."""
+    """A diffusers SD directory, with the render defaults it carries in cdvideo.yaml, else the default preset's.
+
+    Its own motion_adapter/ is used if it has one (else cdvideo.yaml's `motion_adapter`, else the default's).
+    """
     missing = [f for f in BASE_COMPONENTS.values() if not (path / f).is_file()]
     if missing:
         raise ModelNotAvailableError(
             f"{path} is not a diffusers Stable Diffusion directory (missing {', '.join(missing)})"
         )
     preset = load_preset(DEFAULT_MODEL)
+    if (path / MODEL_DIR_PRESET).is_file():
+        preset = _model_dir_defaults(path / MODEL_DIR_PRESET, preset)
     preset.base = str(path)
     if (path / MOTION_ADAPTER_SUBFOLDER / "config.json").is_file():
         preset.motion_adapter = str(path)
     preset.name = str(path)
-    preset.description = f"local model directory {path}"
+    preset.description = preset.description or f"local model directory {path}"
     return preset
+
+
+def _model_dir_defaults(file: Path, default: ModelPreset) -> ModelPreset:
+    """A model directory's own cdvideo.yaml: preset keys but `base` (the directory itself).
+
+    Keys it leaves out take the default preset's values, except `scheduler_config`: a directory that
+    states its defaults samples with its own scheduler/ config unless its cdvideo.yaml changes it
+    (the default preset lays AnimateDiff's linear betas over SD 1.5's, which would spoil a model
+    trained otherwise).
+    """
+    data = read_yaml(file) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping of render defaults")
+    if "base" in data:
+        raise ConfigError(f"{file}: 'base' is the directory itself; remove the key")
+    fields = {**default.to_dict(), "scheduler_config": {}, "description": "", **data}
+    return _known_scheduler(from_dict(ModelPreset, fields, str(file)), file)
+
+
+def write_model_dir_defaults(directory: str | os.PathLike, preset: ModelPreset) -> Path:
+    """Write `preset`'s render defaults as DIRECTORY/cdvideo.yaml, which `--model DIRECTORY` reads back."""
+    import yaml
+
+    from cdvideo.files import atomic_path
+
+    directory = Path(directory)
+    data = {k: v for k, v in preset.to_dict().items() if k not in ("base", "name")}
+    if (directory / MOTION_ADAPTER_SUBFOLDER / "config.json").is_file():
+        del data["motion_adapter"]  # the directory's own is used
+    with atomic_path(directory / MODEL_DIR_PRESET) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return directory / MODEL_DIR_PRESET
 
 
 @dataclass

@@ -568,6 +568,17 @@ def train_contrast4(args) -> None:
                    contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
 
 
+def write_render_defaults(target: Path, description: str) -> Path:
+    """TARGET/cdvideo.yaml, so that `--model TARGET` renders as `--model shapes` does: the preset's size,
+    frames and guidance; the sampler is the directory's own scheduler/, as its stage was trained."""
+    from cdvideo.models import load_preset, write_model_dir_defaults
+
+    defaults = load_preset("shapes")
+    defaults.scheduler_config = {}
+    defaults.description = description
+    return write_model_dir_defaults(target, defaults)
+
+
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
     from cdvideo.tiny import save_model_dir
@@ -587,6 +598,7 @@ def export(args) -> None:
 
         shutil.rmtree(target)
     save_model_dir(components, target)
+    write_render_defaults(target, f"Shapes model exported from {args.work} (motion stage {args.motion_stage})")
     total = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     print(f"wrote {target} ({total / 1e6:.1f} MB)")
 

@@ -89,6 +89,17 @@ def make_concept(pipeline, seed=0, token="<new1>", class_word="dog", vectors=1, 
     )
 
 
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package), to call its functions in-process."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def plain_diffusers_frames(directory, settings, scheduler_config: dict) -> np.ndarray:
     """The frames a plain diffusers script renders from a model directory, as uint8 (f, h, w, 3).
 

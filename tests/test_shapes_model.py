@@ -13,7 +13,7 @@ from cdvideo.export import read_video
 from cdvideo.models import check_available, load_preset, missing_weights, resolve_source, vae_scale_factor
 from cdvideo.render import Renderer, check_inputs, resolve_settings
 from cdvideo.shapes import model as shapes_model
-from conftest import make_concept, plain_diffusers_frames
+from conftest import load_script, make_concept, plain_diffusers_frames
 
 PROMPT = "a red circle moving left on a blue background"
 QUICK = ["--model", "shapes", "--steps", "2", "--seed", "5", "--quiet"]
@@ -46,6 +46,10 @@ def test_preset_matches_the_model_it_was_trained_as(shapes_preset):
     assert (shapes_preset.steps, shapes_preset.guidance_scale, shapes_preset.fps, shapes_preset.negative_prompt) == \
         (25, 2.0, 8, "")
     assert missing_weights(shapes_preset) == []
+    # The shipped directory carries the same render defaults (what `train_shapes.py export` writes).
+    where = ("base", "motion_adapter", "name", "description", "scheduler_config")
+    render_defaults = lambda preset: {k: v for k, v in preset.to_dict().items() if k not in where}  # noqa: E731
+    assert render_defaults(load_preset(str(shapes_model.MODEL_DIR))) == render_defaults(shapes_preset)
 
 
 def test_shipped_weights_are_small():
@@ -104,6 +108,42 @@ def test_batch_command_renders_each_prompt(tmp_path, capsys):
     assert len(videos) == 2 and all(read_video(v)[0].shape == (8, 32, 32, 3) for v in videos)
 
 
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory):
+    """The shipped model copied as `train_shapes.py export` writes it: weights plus cdvideo.yaml."""
+    import shutil
+
+    target = tmp_path_factory.mktemp("export") / "my-shapes"
+    shutil.copytree(shapes_model.MODEL_DIR, target)
+    load_script("train_shapes").write_render_defaults(target, "my Shapes model")
+    return target
+
+
+def test_an_exported_directory_renders_as_the_preset_does(shapes_preset, shapes_renderer, exported_dir):
+    preset = load_preset(str(exported_dir))
+    assert (preset.base, preset.motion_adapter, preset.description) == (str(exported_dir),) * 2 + ("my Shapes model",)
+    assert (preset.height, preset.num_frames, preset.guidance_scale, preset.scheduler_config) == (32, 8, 2.0, {})
+    request = settings(preset, model=str(exported_dir))
+    assert request.guidance_scale == 2.0
+    frames = Renderer(preset, device="cpu", dtype="float32").render(request, progress=False)
+    assert np.array_equal(frames, shapes_renderer.render(settings(shapes_preset), progress=False))
+
+
+@pytest.mark.parametrize("line, named", [("base: elsewhere", "'base' is the directory itself"),
+                                         ("guidance: 3", "unknown key(s) 'guidance'"),
+                                         ("scheduler: heun", "unknown scheduler 'heun'")])
+def test_a_bad_key_in_a_directorys_defaults_is_named(exported_dir, tmp_path, capsys, line, named):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported_dir, broken)
+    (broken / "cdvideo.yaml").write_text((exported_dir / "cdvideo.yaml").read_text() + line + "\n")
+    assert main(["render", "--model", str(broken), "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert named in error and "cdvideo.yaml" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_frame_size_follows_the_vae(shapes_preset, tiny_preset):
     """Shapes' VAE downsamples by 4, SD's by 8; diffusers still asks for multiples of 8."""
     assert vae_scale_factor(shapes_preset) == 4 and vae_scale_factor(tiny_preset) == 8
@@ -158,15 +198,9 @@ def test_unknown_builtin_names_the_ones_there_are():
 
 def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
     """scripts/shapes_motion_words.py: the measurement behind docs/shapes-world.md's motion section."""
-    import importlib.util
-    from pathlib import Path
-
     from cdvideo.shapes.world import OPPOSITE_MOTION
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "shapes_motion_words.py"
-    spec = importlib.util.spec_from_file_location("shapes_motion_words", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("shapes_motion_words")
     clips, right, wrong = script.moving_clips(3, seed=1)
     assert clips.shape == (3, 8, 32, 32, 3)
     for r, w in zip(right, wrong):  # one word apart, and that word is the opposite direction
@@ -180,13 +214,7 @@ def test_motion_words_diagnostic_runs_on_the_shipped_model(capsys):
 
 def test_concept_motion_script_shows_the_concept_fade_with_its_strength(capsys):
     """scripts/shapes_concept_motion.py: the concept/motion trade-off in docs/shapes-world.md."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "shapes_concept_motion.py"
-    spec = importlib.util.spec_from_file_location("shapes_concept_motion", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("shapes_concept_motion")
     rows = script.main(["--strengths", "1", "0", "--seeds", "1", "--steps", "8", "--device", "cpu"])
     assert [r[0] for r in rows] == [1.0, 0.0] and rows[0][2] > rows[1][2]  # the concept shows at 1, fades at 0
     assert capsys.readouterr().out.count("\n| ") == 3  # header, two rows
