@@ -15,7 +15,8 @@ That chain makes the shipped weights: the VAE from `decoder`, the text encoder, 
 modules from `contrast4` (zero-terminal-SNR schedule, v-prediction). The other stages are earlier
 attempts to make the motion follow the words, kept so they can be rerun (docs/shapes-world.md gives
 their numbers): `words` (cross-attention and text encoder at full rate on clips), `motion2` (the
-motion stage again after `start`), `zsnr` (zero SNR alone); `export --motion-stage STAGE` exports
+motion stage again after `start`), `zsnr` (zero SNR alone), `direct` (contrast4's recipe in one stage
+from `base`: 60 min, a chain inside 3 h, but its motion words stay merged); `export --motion-stage STAGE` exports
 one of them instead (`motion` is the first shipped model: it ignores its motion words).
 
 The default step counts are the shipped weights' (base and motion were stopped by `--minutes`
