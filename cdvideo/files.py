@@ -56,6 +56,15 @@ def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def write_yaml_atomic(data: Any, path: str | os.PathLike) -> Path:
+    """YAML in the order given (dataclass fields stay in their declared order)."""
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return Path(path)
+
+
 def slugify(text: str, limit: int = 60) -> str:
     """A safe file-name stem from free text: lowercase words joined by '-', nothing else."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

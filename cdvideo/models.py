@@ -165,17 +165,13 @@ def _model_dir_defaults(file: Path, default: ModelPreset) -> ModelPreset:
 
 def write_model_dir_defaults(directory: str | os.PathLike, preset: ModelPreset) -> Path:
     """Write `preset`'s render defaults as DIRECTORY/cdvideo.yaml, which `--model DIRECTORY` reads back."""
-    import yaml
-
-    from cdvideo.files import atomic_path
+    from cdvideo.files import write_yaml_atomic
 
     directory = Path(directory)
     data = {k: v for k, v in preset.to_dict().items() if k not in ("base", "name")}
     if (directory / MOTION_ADAPTER_SUBFOLDER / "config.json").is_file():
         del data["motion_adapter"]  # the directory's own is used
-    with atomic_path(directory / MODEL_DIR_PRESET) as tmp:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    return directory / MODEL_DIR_PRESET
+    return write_yaml_atomic(data, directory / MODEL_DIR_PRESET)
 
 
 @dataclass

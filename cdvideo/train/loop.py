@@ -24,6 +24,7 @@ from torch import nn
 
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
 from cdvideo.errors import ConfigError
+from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
 from cdvideo.train.config import TrainConfig, fill_prompt
 from cdvideo.train.data import EpochSampler, Example, load_image_folder, make_batch, plain_batch, warn_if_few
@@ -251,7 +252,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     log_path = output_dir / "loss.csv"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(config, output_dir / "config.yaml")
+        write_yaml_atomic(config.to_dict(), output_dir / "config.yaml")
         rows_kept = _read_log(log_path, up_to=step) if resume_from is not None else []
         with open(log_path, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -411,15 +412,6 @@ def _best(output_dir: Path, scores: dict[int, float], scorer) -> Path | None:
         return None
     pick = max if scorer.higher_is_better else min
     return ckpt.checkpoint_dir(output_dir, pick(present, key=present.get))
-
-
-def _write_config(config: TrainConfig, path: Path) -> None:
-    import yaml
-
-    from cdvideo.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _read_log(path: Path, up_to: int) -> list[list[str]]:
