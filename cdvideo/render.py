@@ -325,6 +325,7 @@ class Renderer:
         with self._prepared(settings[0], concepts, loras) as callback:
             return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
 
+
 def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,
                    progress: bool = True) -> RenderResult:
     """Validate, load (unless a renderer is given), render, and write the video and its sidecar."""

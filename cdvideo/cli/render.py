@@ -22,7 +22,7 @@ SETTING_FLAGS = {
     "steps": (int, "denoising steps"),
     "guidance_scale": (float, "classifier-free guidance scale"),
     "concept_start": (float, "share of the denoising steps before the concepts' key/value changes go on (token "
-                             "embeddings stay): the base model settles layout and motion first; 0.25 keeps motion "
+                             "embeddings stay): the base model settles layout and motion first; 0.24 keeps motion "
                              "words working with a concept (docs/shapes-world.md). Default 0: from the start"),
     "guidance_rescale": (float, "guidance rescale phi, 0..1 (0.7 in Lin et al.): keeps high guidance from over-saturating "
                                 "zero-terminal-SNR / v-prediction models (default: preset's, 0 = off)"),
