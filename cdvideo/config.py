@@ -102,6 +102,14 @@ class RenderSettings:
     concepts: list[ConceptSpec] = field(default_factory=list)
     # Share of the denoising steps run before the concepts' key/value changes go on (cdvideo.inject.deltas_delayed).
     concept_start: float = 0.0
+    # Where the concepts' key/value changes act (cdvideo.binding.BINDINGS): "merged" into the weights, for
+    # every word and the unconditional branch too (the ClassDiffusion paper's way); "token" only at the
+    # positions of each concept's own token(s). None: as each concept was trained (its file says).
+    concept_binding: str | None = None
+    # Strength of the key/value changes over the denoising steps, "share:strength, ..." (e.g. "0:0, 0.2:0.4,
+    # 0.3:1": held from each share of the steps to the next; cdvideo.binding.parse_schedule). None: full
+    # strength throughout (after concept_start, which is the schedule "0:0, S:1").
+    concept_schedule: str | None = None
     # LoRAs merged into the spatial UNet and text encoder for the render, taken off after it.
     loras: list[LoraSpec] = field(default_factory=list)
     model: str = DEFAULT_MODEL
