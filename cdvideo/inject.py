@@ -1,10 +1,13 @@
 """Apply concepts to a built AnimateDiff pipeline and remove them again, exactly.
 
-Key/value changes are merged into the named spatial `attn2` projections of the motion UNet
-(merging costs nothing at inference); tokens go into the tokenizer and text encoder through
-diffusers' textual-inversion loader. Every parameter a concept touches is copied once before
-the first change, and the merged weight is always recomputed from that copy, so removing a
-concept restores every weight bit for bit (design decision 2). Motion modules are never touched.
+Key/value changes either merge into the named spatial `attn2` projections of the motion UNet
+(binding "merged": every word sees them; costs nothing at inference) or act only at the concept
+token's text positions through attention processors (cdvideo.binding; every other word and the
+unconditional branch see the base model). Tokens go into the tokenizer and text encoder through
+diffusers' textual-inversion loader. Every parameter a concept touches is copied once before the
+first change, and the merged weight is always recomputed from that copy; every processor replaced is
+kept and put back; so removing a concept restores the model bit for bit (design decision 2). Motion
+modules are never touched.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from typing import Iterator
 
 import torch
 
+from cdvideo.binding import (BoundAttnProcessor, BoundChange, TokenPositions, class_word_ids, spatial_attn2_modules,
+                             token_ids)
+from cdvideo.schedule import TRAINED_MERGED, check_binding, step_factors
 from cdvideo.concept import Concept, fingerprint_unet
 from cdvideo.errors import InjectionError
 
@@ -30,6 +36,20 @@ class AppliedConcept:
     name: str
     # Tokens added to the tokenizer: the concept's own plus diffusers' `<tok>_1 ...` for extra vectors.
     added_tokens: list[str]
+    # Where the key/value changes act (cdvideo.binding.BINDINGS).
+    binding: str = TRAINED_MERGED
+    # The strength schedule's factor for the current denoising step (strength_scheduled).
+    factor: float = 1.0
+
+    @property
+    def effective_strength(self) -> float:
+        return self.strength * self.factor
+
+
+def trained_binding(concept: Concept) -> str:
+    """The binding a concept was trained with: its file says; files from before bindings and from other
+    tools were trained merged."""
+    return concept.training.get("binding") or TRAINED_MERGED if isinstance(concept.training, dict) else TRAINED_MERGED
 
 
 class ConceptInjector:
@@ -41,6 +61,10 @@ class ConceptInjector:
         # parameter path -> the base weight, copied before its first change
         self._originals: dict[str, torch.Tensor] = {}
         self.base_fingerprint: str | None = None
+        # Token-bound concepts: where their tokens stand, and the attn2 processors replaced for them.
+        self.positions = TokenPositions()
+        self._processors: dict[str, object] = {}
+        self._hook = None
 
     @property
     def _params(self) -> dict[str, torch.nn.Parameter]:
@@ -77,8 +101,12 @@ class ConceptInjector:
                     "(another concept uses it, or it is an ordinary word): rename it in one of the files"
                 )
 
-    def apply(self, concept: Concept, strength: float = 1.0, name: str = "concept") -> AppliedConcept:
-        """Add `concept` with its key/value changes scaled by `strength`."""
+    def apply(self, concept: Concept, strength: float = 1.0, name: str = "concept",
+              binding: str | None = None) -> AppliedConcept:
+        """Add `concept` with its key/value changes scaled by `strength`, acting where `binding` says
+        (None: as the concept was trained)."""
+        check_binding(binding)
+        binding = binding or trained_binding(concept)
         self.check(concept, name)
         if self.base_fingerprint is None:
             # Taken before the first change, while the UNet still holds its base weights.
@@ -97,17 +125,76 @@ class ConceptInjector:
                 token=list(concept.tokens),
             )
             added = self.pipeline.tokenizer.convert_ids_to_tokens(range(tokenizer_size, len(self.pipeline.tokenizer)))
-        entry = AppliedConcept(concept, float(strength), name, added)
+        entry = AppliedConcept(concept, float(strength), name, added, binding)
         self.applied.append(entry)
-        self._merge(concept.deltas)
+        if binding == TRAINED_MERGED:
+            self._merge(concept.deltas)
+        else:
+            self._bind(entry)
         return entry
 
     def remove(self, entry: AppliedConcept) -> None:
-        """Take `entry` off again; with no concept left, every weight is the base weight to the bit."""
+        """Take `entry` off again; with no concept left, every weight and processor is the base one to the bit."""
         self.applied.remove(entry)
         if entry.added_tokens:
             self.pipeline.unload_textual_inversion(entry.added_tokens)
-        self._merge(entry.concept.deltas)
+        if entry.binding == TRAINED_MERGED:
+            self._merge(entry.concept.deltas)
+        else:
+            self._unbind(entry)
+
+    def set_factor(self, factor: float) -> None:
+        """Scale every applied concept's key/value change by `factor` (a strength schedule's step)."""
+        changed = [e for e in self.applied if e.concept.deltas and e.factor != factor]
+        for entry in changed:
+            entry.factor = factor
+        # Bound changes read the factor live; merged ones are merged again.
+        self._merge(set().union(*(e.concept.deltas for e in changed if e.binding == TRAINED_MERGED)))
+
+    def _bind(self, entry: AppliedConcept) -> None:
+        """Install (or extend) a BoundAttnProcessor on each attn2 module the concept changes."""
+        concept = entry.concept
+        unbindable = sorted(p for p in concept.deltas if not p.endswith((".to_k.weight", ".to_v.weight")))
+        if unbindable:
+            raise InjectionError(
+                f"{entry.name}: changes {unbindable[0]} (to_q / to_out / a bias), which cannot be bound to a token: "
+                "render it with --concept-binding merged")
+        tokenizer = self.pipeline.tokenizer
+        class_word = next(iter(concept.class_words.values()), None) if len(concept.tokens) == 1 else None
+        index = self.positions.add_concept(token_ids(tokenizer, entry.added_tokens), class_word_ids(tokenizer, class_word))
+        modules = spatial_attn2_modules(self.pipeline.unet)
+        params = self._params
+        for path, attn in modules.items():
+            delta_k = self._bound_delta(concept, f"{path}.to_k.weight", params)
+            delta_v = self._bound_delta(concept, f"{path}.to_v.weight", params)
+            if delta_k is None and delta_v is None:
+                continue
+            if path not in self._processors:
+                self._processors[path] = attn.processor
+                attn.set_processor(BoundAttnProcessor(self.positions, []))
+            attn.processor.changes.append(BoundChange(entry, index, entry.binding, delta_k, delta_v))
+        if self._hook is None:
+            self._hook = self.positions.hook(self.pipeline.text_encoder)
+
+    @staticmethod
+    def _bound_delta(concept: Concept, param: str, params) -> torch.Tensor | None:
+        if param not in concept.deltas:
+            return None
+        weight = params[param]
+        return concept.delta(param).to(weight.device, weight.dtype)
+
+    def _unbind(self, entry: AppliedConcept) -> None:
+        modules = spatial_attn2_modules(self.pipeline.unet)
+        for path, original in list(self._processors.items()):
+            processor = modules[path].processor
+            processor.changes = [c for c in processor.changes if c.owner is not entry]
+            if not processor.changes:
+                modules[path].set_processor(original)
+                del self._processors[path]
+        if not self._processors and self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+            self.positions = TokenPositions()
 
     def remove_all(self) -> None:
         for entry in reversed(list(self.applied)):
@@ -121,7 +208,8 @@ class ConceptInjector:
             param = params[name]
             original = self._originals.setdefault(name, param.detach().clone())
             contributions = [
-                (a.strength, a.concept) for a in self.applied if name in a.concept.deltas and a.strength != 0.0
+                (a.effective_strength, a.concept) for a in self.applied
+                if a.binding == TRAINED_MERGED and name in a.concept.deltas and a.effective_strength != 0.0
             ]
             if not contributions:
                 # Copy back rather than add zero: base + 0.0 would turn a -0.0 weight into +0.0.
@@ -136,8 +224,9 @@ class ConceptInjector:
 
 @contextlib.contextmanager
 def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]],
-                     base_fingerprint: str | None = None) -> Iterator[ConceptInjector]:
-    """Apply `(concept, strength, name)` triples for the duration of a `with` block.
+                     base_fingerprint: str | None = None, binding: str | None = None) -> Iterator[ConceptInjector]:
+    """Apply `(concept, strength, name)` triples for the duration of a `with` block, each bound as
+    `binding` says (None: as each concept was trained).
 
     `base_fingerprint`: the UNet's fingerprint taken before LoRAs were merged, so that a LoRA on the
     key/value weights does not make every concept look as if it were made for another checkpoint.
@@ -146,47 +235,44 @@ def concepts_applied(pipeline, concepts: list[tuple[Concept, float, str]],
     injector.base_fingerprint = base_fingerprint
     try:
         for concept, strength, name in concepts:
-            injector.apply(concept, strength, name)
+            injector.apply(concept, strength, name, binding)
         yield injector
     finally:
         injector.remove_all()
 
 
 @contextlib.contextmanager
-def deltas_delayed(injector: ConceptInjector, off_steps: int, total_steps: int):
-    """Keep the applied concepts' key/value changes off for the first `off_steps` denoising steps.
+def strength_scheduled(injector: ConceptInjector, factors: list[float]):
+    """Scale the applied concepts' key/value changes by `factors[i]` during denoising step i.
 
-    Yields a diffusers `callback_on_step_end` that puts them on after step `off_steps` (and off again
-    after the last step, so a FreeInit pass starts without them too), or None when there is nothing to
-    delay. The token embeddings stay in from the start. Why: the first, noisiest steps settle where
-    things are and which way they move, and a concept's key/value changes, trained on still images,
-    act on every word of the prompt, the motion words too (docs/shapes-world.md measures it). On exit
-    the concepts are as applied, for `concepts_applied` to take off bit for bit.
+    Yields a diffusers `callback_on_step_end` that sets the next step's factor (and the first step's
+    again after the last, so a FreeInit pass starts the schedule over), or None when every factor is 1.
+    The token embeddings stay in throughout. Why: the first, noisiest steps settle where things are and
+    which way they move; a concept's key/value changes, trained on still images, pull against the
+    motion words (`concept_start` = the schedule "0:0, S:1"; docs/personalization.md measures both).
+    On exit every factor is 1 again, for `concepts_applied` to take the concepts off bit for bit.
     """
-    entries = [e for e in injector.applied if e.concept.deltas]
-    if off_steps <= 0 or not entries:
+    if all(f == 1.0 for f in factors) or not any(e.concept.deltas for e in injector.applied):
         yield None
         return
-    strengths = [e.strength for e in entries]
-    names = set().union(*(e.concept.deltas for e in entries))
-
-    def switch(on: bool) -> None:
-        for entry, strength in zip(entries, strengths):
-            entry.strength = strength if on else 0.0
-        injector._merge(names)
 
     def callback(pipeline, step: int, timestep, callback_kwargs):
-        if step + 1 == off_steps:
-            switch(True)
-        elif step + 1 == total_steps:
-            switch(False)
+        injector.set_factor(factors[step + 1] if step + 1 < len(factors) else factors[0])
         return callback_kwargs
 
-    switch(False)
+    injector.set_factor(factors[0])
     try:
         yield callback
     finally:
-        switch(True)
+        injector.set_factor(1.0)
+
+
+def schedule_factors(concept_start: float, schedule: str | None, steps: int) -> list[float]:
+    """Per-step strength factors from a render's `concept_start` or `concept_schedule` (one of them is set)."""
+    from cdvideo.schedule import parse_schedule
+
+    points = parse_schedule(schedule) if schedule else [(0.0, 0.0), (concept_start, 1.0)] if concept_start > 0 else []
+    return step_factors(points, steps)
 
 
 @contextlib.contextmanager

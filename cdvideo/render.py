@@ -28,21 +28,22 @@ from typing import Any
 import numpy as np
 
 from cdvideo import __version__
+from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.concept import Concept, file_sha256, load_concept
 from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.distilled import preset_lora_specs
-from cdvideo.files import write_json_atomic
+from cdvideo.files import atomic_path
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
 from cdvideo.formats.concepts import source_sha256
 from cdvideo.guidance import guidance_rescale_applied
 from cdvideo.memory import check_memory, low_vram_applied
-from cdvideo.export import FORMATS, format_from_path, frames_to_uint8, write_video
+from cdvideo.outputs import SIDECAR_FORMAT, check_output, sidecar_path  # sidecar_path: part of this module's API
+from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_uint8
 from cdvideo.models import (SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelPreset, check_available, load_preset,
                             motion_max_frames, vae_scale_factor)
 
-SIDECAR_FORMAT = "cdvideo.render"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
 
 
@@ -94,6 +95,11 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
     if not 0 <= settings.concept_start < 1:
         raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
+    check_binding(settings.concept_binding)
+    if settings.concept_schedule is not None:
+        if settings.concept_start:
+            raise ConfigError("give concept_start or concept_schedule, not both (concept_start S is the schedule \"0:0, S:1\")")
+        parse_schedule(settings.concept_schedule)
     if settings.guidance_rescale is not None and not 0 <= settings.guidance_rescale <= 1:
         raise ConfigError(f"guidance_rescale must be between 0 and 1 (0.7 is Lin et al.'s), got {settings.guidance_rescale}")
     if settings.fps <= 0:
@@ -110,8 +116,8 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"unknown format {settings.format!r}; choose from {', '.join(FORMATS)}")
     if not 0 <= settings.quality <= 10:
         raise ConfigError(f"quality must be between 0 and 10, got {settings.quality}")
-    if out is not None and settings.format is None:
-        format_from_path(out)
+    if out is not None:  # the video and its sidecar may not replace anything cdvideo did not write
+        check_output(out, settings.format or format_from_path(out))
     for spec in settings.concepts:
         # A directory is a ClassDiffusion / Custom Diffusion output folder.
         if not Path(spec.path).exists():
@@ -167,7 +173,7 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
 
     The call is exactly what a plain diffusers script makes, so the frames are identical to it.
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
-    `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.deltas_delayed), passed only if given.
+    `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.strength_scheduled), passed only if given.
     """
     import torch
 
@@ -228,12 +234,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def sidecar_path(video: str | os.PathLike) -> Path:
-    """`outputs/dog.mp4` -> `outputs/dog.json`; a frames folder `outputs/dog` -> `outputs/dog.json`."""
-    video = Path(video)
-    return video.with_name(video.stem + ".json") if video.suffix else video.with_name(video.name + ".json")
-
-
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -283,8 +283,8 @@ class Renderer:
             self.scheduler = name
 
     @contextlib.contextmanager
-    def _applied(self, concepts, loras):
-        """LoRAs merged first, concepts on top; both taken off after the render, bit for bit."""
+    def _applied(self, concepts, loras, binding: str | None = None):
+        """LoRAs merged first, concepts on top (bound as `binding` says); both taken off after the render, bit for bit."""
         from cdvideo.concept import fingerprint_unet
         from cdvideo.formats.concepts import resolve_concepts
         from cdvideo.formats.lora import bind_lora
@@ -294,22 +294,24 @@ class Renderer:
         concepts = resolve_concepts(concepts or [], self.pipeline, self.preset.base)
         fingerprint = fingerprint_unet(self.pipeline.unet) if loras and concepts else None
         bound = [(bind_lora(lora, self.pipeline), strength, name) for lora, strength, name in loras or []]
-        with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint) as injector:
+        with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint,
+                                                                              binding) as injector:
             yield injector
 
     @contextlib.contextmanager
     def _prepared(self, settings: RenderSettings, concepts, loras):
         """Everything one render (or one batch, which shares `settings`' shared fields) switches on and
         off again: scheduler, LoRAs and concepts, long-video windows, low-VRAM, guidance rescale, and
-        the concepts' delayed start. Yields the step-end callback to pass to the pipeline, or None."""
-        from cdvideo.inject import deltas_delayed
+        the concepts' strength schedule. Yields the step-end callback to pass to the pipeline, or None."""
+        from cdvideo.inject import schedule_factors, strength_scheduled
 
         self._use_scheduler(settings.scheduler)
-        off_steps = int(settings.concept_start * settings.steps)
-        with (self._applied(concepts, loras) as injector, long_video_applied(self.pipeline, settings),
+        factors = schedule_factors(settings.concept_start, settings.concept_schedule, settings.steps)
+        with (self._applied(concepts, loras, settings.concept_binding) as injector,
+              long_video_applied(self.pipeline, settings),
               low_vram_applied(self.pipeline, settings, self.device),
               guidance_rescale_applied(self.pipeline, settings),
-              deltas_delayed(injector, off_steps, settings.steps) as callback):
+              strength_scheduled(injector, factors) as callback):
             yield callback
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
@@ -359,6 +361,7 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         renderer = Renderer(preset, settings.device, settings.dtype, settings.motion_adapter)
         timings["load_s"] = time.perf_counter() - t
     from cdvideo.formats.concepts import ConceptSource, resolve_concepts
+    from cdvideo.inject import trained_binding
 
     if any(isinstance(concept, ConceptSource) for concept, _, _ in concepts):
         # Foreign files -> deltas against the loaded base, once, so the sidecar records their fingerprint.
@@ -372,14 +375,16 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
     frames = renderer.render(settings, concepts, progress=progress, **({"loras": loras} if loras else {}))
     timings["render_s"] = time.perf_counter() - t
 
-    # 4. Write the video, then the sidecar (a sidecar never describes a missing video).
-    t = time.perf_counter()
-    video = write_video(frames, out, fps=settings.fps, format=format, quality=settings.quality)
-    timings["write_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - started
-    sidecar = sidecar_path(video)
-    write_json_atomic(
-        {
+    # 4. Write the video and the sidecar, each to a temporary name, then rename both: a failed write (full
+    # disk, encoder error) leaves the previous video and sidecar as they were, and a sidecar never
+    # describes a missing or unfinished video.
+    video, sidecar = Path(out), sidecar_path(out)
+    with atomic_path(sidecar) as sidecar_tmp, atomic_path(video, directory=format == "frames") as video_tmp:
+        t = time.perf_counter()
+        encode_video(frames, video_tmp, fps=settings.fps, format=format, quality=settings.quality)
+        timings["write_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - started
+        record = {
             "format": SIDECAR_FORMAT,
             "video": video.name,
             "settings": settings.to_dict(),
@@ -411,7 +416,7 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
             "platform": f"{platform.system()} {platform.machine()}; {sys.version.split()[0]}",
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        sidecar,
-    )
+        }
+        # allow_nan=False: a sidecar holding NaN is not JSON (check_inputs refuses non-finite settings first).
+        sidecar_tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     return RenderResult(video, sidecar, frames, settings, timings, messages)

@@ -28,6 +28,8 @@ _HELP = {
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "resolution": "square training size in pixels (default: the preset's, 512 for SD 1.5)",
     "train": "kv: cross-attention to_k/to_v (ClassDiffusion); crossattn: also to_q/to_out",
+    "binding": "where the key/value change acts: token (default: only at the new token, so the rest of a prompt "
+               "keeps working), token+class, values, locked, or merged (every word: the paper's way)",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one)",

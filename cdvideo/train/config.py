@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdvideo.config import DEFAULT_MODEL, DEVICES, from_dict, from_dicts
+from cdvideo.schedule import check_binding
 from cdvideo.errors import ConfigError
 
 TRAIN_MODES = ("kv", "crossattn")
@@ -62,6 +63,11 @@ class TrainConfig:
     resolution: int = 0
     # kv: spatial cross-attention to_k/to_v (ClassDiffusion); crossattn adds to_q and to_out.0.
     train: str = "kv"
+    # Where the trained key/value change acts (cdvideo.binding): "merged" into the weights, at every word
+    # (ClassDiffusion's and Custom Diffusion's way); "token" (etc.) only at the new token's positions, so
+    # the concept learns to carry itself through its token and leaves the rest of a prompt alone.
+    # Rendering uses the same binding by default (the concept file records it).
+    binding: str = "token"
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -125,6 +131,10 @@ class TrainConfig:
                               ("score", SCORES), ("mixed_precision", MIXED_PRECISION)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        check_binding(self.binding, "binding")
+        if self.train == "crossattn" and self.binding != "merged":
+            raise ConfigError("train crossattn changes to_q and to_out, which cannot be bound to a token: "
+                              "pass --binding merged, or --train kv")
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

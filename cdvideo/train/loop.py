@@ -185,6 +185,14 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         model.requires_grad_(False)
     embedding.new_rows.requires_grad_(True)
     names = trainable_param_names(unet, config.train)
+    if config.binding in ("values", "locked"):  # the key stays the base model's (or the class word's)
+        names = [n for n in names if ".to_v." in n]
+    unbind = None
+    if config.binding != "merged":  # the change acts only at the new tokens' positions (cdvideo.binding)
+        from cdvideo.binding import install_bound_training
+
+        unbind = install_bound_training(unet, text_encoder, tokenizer, tokens,
+                                        [c.class_word for c in config.concepts], config.binding)
     params = dict(unet.named_parameters())
     for name in names:
         params[name].requires_grad_(True)
@@ -350,6 +358,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 ckpt.prune_checkpoints(output_dir, config.keep, _best(output_dir, scores, scorer))
     bar.close()
     train_seconds = time.perf_counter() - started
+    if unbind is not None:
+        unbind()
 
     # 11. The concept file: the best checkpoint's weights (keep: best) or the final ones, as deltas.
     result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages)
@@ -369,7 +379,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         training={
             "steps": result.step, "learning_rate": learning_rate, "batch_size": config.batch_size,
             "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
-            "spl_pooling": config.spl_pooling, "train": config.train, "resolution": size, "seed": config.seed,
+            "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "resolution": size, "seed": config.seed,
             "images": [len(g) for g in instance_images], "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
