@@ -35,9 +35,10 @@ from cdvideo.config import RenderSettings
 from cdvideo.errors import CdVideoError, ConfigError, OutputLockedError
 from cdvideo.files import slugify
 from cdvideo.manifest import ManifestPart, merge_manifest, remove_parts
+from cdvideo.outputs import BATCH_LOCK_NAME, check_batch_folder
 from cdvideo.prompts import RANDOM_SEED, Problems, Request, read_prompt_file
 
-LOCK_NAME = ".cdvideo-batch.lock"
+LOCK_NAME = BATCH_LOCK_NAME
 # Settings a batched pipeline call may differ in; everything else must be equal.
 PER_VIDEO_FIELDS = ("prompt", "negative_prompt", "seed")
 
@@ -297,6 +298,7 @@ def run_batch(items: list[BatchItem], out_dir: str | os.PathLike, *, batch_size:
     with contextlib.ExitStack() as stack:
         # 1. Own the folder: process 0 takes the lock, and every process learns whether it got it.
         if rank == 0:
+            check_batch_folder(out_dir)  # never a user's folder of other files
             try:
                 stack.enter_context(output_lock(out_dir))
                 remove_leftovers(out_dir)

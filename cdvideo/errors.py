@@ -43,3 +43,7 @@ class WrongFileKindError(CdVideoError, ValueError):
 
 class OutputLockedError(CdVideoError, OSError):
     """Another process is writing to the same output folder (a second `cdvideo batch`)."""
+
+
+class UnsafeOutputError(CdVideoError, FileExistsError):
+    """An output path names something cdvideo did not write (a user's folder, a device): it is never replaced."""

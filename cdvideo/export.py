@@ -1,8 +1,8 @@
 """Frames to files (mp4, webm, gif, webp, a folder of PNGs) and files back to frames.
 
 Frames are always uint8 arrays of shape (f, h, w, 3). Every write goes to a temporary name in
-the destination folder and is renamed when complete, so an interrupted write never leaves a
-truncated file under the final name. This module imports neither torch nor diffusers.
+the destination folder and is renamed when complete, so an interrupted or failed write (a full disk,
+an encoder error) never leaves a truncated file under the final name, nor touches the file there. This module imports neither torch nor diffusers.
 """
 
 from __future__ import annotations
@@ -62,37 +62,80 @@ def write_video(
     format: str | None = None,
     quality: int = DEFAULT_QUALITY,
 ) -> Path:
-    """Write uint8 frames (f, h, w, 3) to `path` atomically and return the path written."""
+    """Write uint8 frames (f, h, w, 3) to `path` atomically and return the path written.
+
+    A failed write (a full disk, an encoder error) raises VideoIOError and leaves what was at `path` as it was.
+    """
     path = Path(path)
     format = format or format_from_path(path)
     _check_frames(frames)
-    if not 0 <= quality <= 10:
-        raise VideoIOError(f"quality must be between 0 and 10, got {quality}")
-    if format == "frames":
-        return _write_frames_folder(frames, path)
-
-    try:
-        with atomic_path(path) as tmp:
-            if format in _FFMPEG:
-                _write_ffmpeg(frames, tmp, fps, format, quality)
-            else:
-                _write_pillow(frames, tmp, fps, format, quality)
-    except (VideoIOError, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        raise VideoIOError(f"could not write {path}: {error}") from error
+    with atomic_path(path, directory=format == "frames") as tmp:
+        encode_video(frames, tmp, fps, format, quality)
     return path
 
 
-def _write_ffmpeg(frames: np.ndarray, path: Path, fps: float, format: str, quality: int) -> None:
-    import imageio.v2 as imageio
+def encode_video(frames: np.ndarray, path: Path, fps: float, format: str, quality: int = DEFAULT_QUALITY) -> None:
+    """Write uint8 frames (f, h, w, 3) to `path` (an empty folder for `frames`) in place, not atomically:
+    `write_video` and render_to_file call it on a temporary path. Any failure is a VideoIOError."""
+    _check_frames(frames)
+    if not 0 <= quality <= 10:
+        raise VideoIOError(f"quality must be between 0 and 10, got {quality}")
+    try:
+        if format == "frames":
+            _write_frames_folder(frames, path)
+        elif format in _FFMPEG:
+            _write_ffmpeg(frames, path, fps, format, quality)
+        else:
+            _write_pillow(frames, path, fps, format, quality)
+    except (VideoIOError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        raise VideoIOError(f"could not write {path.name}: {error}".splitlines()[0]) from error
+    if format != "frames" and path.stat().st_size == 0:
+        raise VideoIOError(f"could not write {path.name}: the encoder wrote nothing")
 
-    # macro_block_size=1: never resize; yuv420p only needs even sides, which multiples of 8 are.
-    with imageio.get_writer(
-        path, format="FFMPEG", mode="I", fps=fps, quality=quality, macro_block_size=1, **_FFMPEG[format]
-    ) as writer:
-        for frame in frames:
-            writer.append_data(frame)
+
+def _write_ffmpeg(frames: np.ndarray, path: Path, fps: float, format: str, quality: int) -> None:
+    """ffmpeg reading raw RGB from a pipe, with imageio-ffmpeg's command for these settings (so the same
+    bytes as imageio's writer), but its exit status and stderr checked: imageio ignores both, and a full
+    disk then passes for a finished video."""
+    import subprocess
+    import tempfile
+    from fractions import Fraction
+
+    import imageio_ffmpeg
+
+    settings = _FFMPEG[format]
+    _, height, width, _ = frames.shape
+    crf_or_q = (["-crf", str(int((1 - quality / 10) * 51))] if settings["codec"] == "libx264"
+                else ["-qscale:v", str(int((1 - quality / 10) * 30) + 1)])
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+        "-vcodec", settings["codec"], "-pix_fmt", settings["pixelformat"], *crf_or_q,
+        "-v", "error", *settings["ffmpeg_params"], str(path),
+    ]
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty ffmpeg cannot block on it
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            for frame in frames:
+                process.stdin.write(np.ascontiguousarray(frame).tobytes())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped reading: its exit status and stderr say why
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        code = process.wait()
+        if code != 0:
+            stderr.seek(0)
+            lines = [line.strip() for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
+            import signal
+
+            stopped = f"stopped by {signal.Signals(-code).name}" if -code in signal.valid_signals() else ""
+            why = lines[-1][:200] if lines else stopped or f"exit status {code}"
+            raise VideoIOError(f"could not write {path.name}: ffmpeg failed: {why}")
 
 
 def _write_pillow(frames: np.ndarray, path: Path, fps: float, format: str, quality: int) -> None:
@@ -115,13 +158,12 @@ def _write_pillow(frames: np.ndarray, path: Path, fps: float, format: str, quali
         )
 
 
-def _write_frames_folder(frames: np.ndarray, path: Path) -> Path:
+def _write_frames_folder(frames: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    with atomic_path(path, directory=True) as tmp:
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{index:05d}.png")
-    return path
+    path.mkdir(exist_ok=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(path / f"{index:05d}.png")
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
