@@ -82,6 +82,12 @@ class Concept:
         unknown_classes = sorted(set(self.class_words) - set(self.tokens))
         if unknown_classes:
             raise ConceptFileError(f"{source}: class_words names tokens not in the file: {unknown_classes}")
+        for name, tensor in [*((f"token {t}", e) for t, e in self.tokens.items()),
+                             *((f"delta of {p}", d) for p, v in self.deltas.items() for d in (v if isinstance(v, tuple) else (v,)))]:
+            # A NaN or infinity renders an all-black video without any other sign.
+            if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+                what = "not floating point" if not tensor.is_floating_point() else "holds NaN or infinite values"
+                raise ConceptFileError(f"{source}: the {name} {what}: the file is damaged; train or convert it again")
         for param, value in self.deltas.items():
             if not ALLOWED_PARAM.match(param):
                 raise ConceptFileError(
@@ -152,8 +158,8 @@ def _json_field(metadata: dict[str, str], key: str, default: Any, source: str) -
         return default
     try:
         return json.loads(metadata[key])
-    except json.JSONDecodeError as error:
-        raise ConceptFileError(f"{source}: metadata field {key!r} is not valid JSON") from error
+    except (json.JSONDecodeError, RecursionError):
+        raise ConceptFileError(f"{source}: metadata field {key!r} is not valid JSON") from None
 
 
 def load_concept(path: str | os.PathLike) -> Concept:
@@ -183,12 +189,17 @@ def load_concept(path: str | os.PathLike) -> Concept:
             f"by this cdvideo (reads version {FORMAT_VERSION}); upgrade cdvideo"
         )
 
+    class_words = _json_field(metadata, "class_words", {}, source)
+    if not isinstance(class_words, dict) or not all(isinstance(w, str) and w.strip() for w in class_words.values()):
+        raise ConceptFileError(f"{source}: class_words must map each token to a class word (text), got "
+                               f"{metadata.get('class_words', '')[:40]!r}")
+    training = _json_field(metadata, "training", {}, source)
     concept = Concept(
-        class_words=_json_field(metadata, "class_words", {}, source),
+        class_words=class_words,
         base_model=metadata.get("base_model", ""),
         base_fingerprint=metadata.get("base_fingerprint", ""),
         method=metadata.get("method", ""),
-        training=_json_field(metadata, "training", {}, source),
+        training=training if isinstance(training, dict) else {},
     )
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -208,7 +219,7 @@ def load_concept(path: str | os.PathLike) -> Concept:
             raise ConceptFileError(f"{source}: {param!r} has both a full delta and low-rank factors")
         concept.deltas[param] = (pair["delta_up"], pair["delta_down"])
     listed = _json_field(metadata, "tokens", list(concept.tokens), source)
-    if sorted(listed) != sorted(concept.tokens):
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed) or sorted(listed) != sorted(concept.tokens):
         raise ConceptFileError(
             f"{source}: header lists tokens {listed} but the file holds embeddings for {sorted(concept.tokens)}"
         )

@@ -8,7 +8,11 @@ neither torch nor diffusers, so validation runs before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,34 +26,201 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
+# Input files are small; a larger one is a mistake or an attack, refused before it is parsed.
+MAX_INPUT_BYTES = 16 << 20
+# YAML aliases let 1 KB expand to gigabytes once something walks the structure ("billion laughs");
+# settings files need few of them and little nesting.
+MAX_YAML_ALIASES = 100
+MAX_NESTING = 32
+QUOTE_LIMIT = 40  # characters of a bad value quoted in a message
+
+
+def quote(value: Any) -> str:
+    """`repr(value)` cut to a short prefix: a message names a bad value without printing all of it."""
+    if isinstance(value, (dict, list)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
+
+
+def _expected(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+    if hint in names:
+        return names[hint]
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    return getattr(hint, "__name__", str(hint))
+
+
+def convert_value(hint: Any, value: Any, where: str) -> Any:
+    """`value` as type `hint` or a ConfigError naming `where`: the one typed conversion for every source.
+
+    Strict on purpose: "2" is not a number, 1.5 not an integer, "no" not false (YAML and JSON have real
+    numbers and booleans), and NaN or infinity is no setting. Nested settings (a list of concepts) are
+    built with `from_dict`.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return convert_value(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_expected(hint)}, got {quote(value)}")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+            raise ConfigError(f"{where}: expected a finite number, got {value}")
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list or hint is list:
+        if isinstance(value, list):
+            (item_hint,) = typing.get_args(hint) or (Any,)
+            return [convert_value(item_hint, item, f"{where}[{index}]") for index, item in enumerate(value)]
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value  # keys and values are the reader's to check (prompt_travel's frames, say)
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return from_dict(hint, dataclasses.asdict(value), where)
+        if isinstance(value, dict):
+            return from_dict(hint, value, where)
+    else:
+        return value  # a type this conversion does not know: the dataclass checks it
+    raise ConfigError(f"{where}: expected {_expected(hint)}, got {quote(value)}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
-    """Build dataclass `cls` from a mapping, refusing keys that are not its fields."""
+    """Build dataclass `cls` from a mapping, refusing keys that are not its fields and values of the wrong type.
+
+    Messages read "SOURCE: field 'F': expected ..., got ...", SOURCE naming the file and entry.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(names))}"
+            f"{source}: unknown key(s) {', '.join(quote(k) for k in unknown[:10])}; known keys: {', '.join(sorted(fields))}"
         )
-    return cls(**data)
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for name, value in data.items():
+        field_ = fields[name]
+        # None is "not set": a field whose default is None keeps it, a list field its empty default.
+        if value is None and field_.default is None:
+            converted[name] = None
+            continue
+        if value is None and field_.default_factory is not dataclasses.MISSING:
+            continue
+        converted[name] = convert_value(hints[name], value, f"{source}: field '{name}'")
+    return cls(**converted)
 
 
 def from_dicts(cls: type[T], items: list | None, source: str) -> list[T]:
     """A list of `cls` from mappings (or ready instances), each checked by `from_dict`."""
-    return [item if isinstance(item, cls) else from_dict(cls, item, source) for item in items or []]
+    if items is not None and not isinstance(items, list):
+        raise ConfigError(f"{source}: expected a list, got {quote(items)}")
+    return [convert_value(cls, item, f"{source}[{index}]") for index, item in enumerate(items or [])]
 
 
-def read_yaml(path: str | os.PathLike) -> Any:
-    import yaml
-
+def read_text(path: str | os.PathLike, what: str = "file", limit: int = MAX_INPUT_BYTES) -> str:
+    """A UTF-8 text file of at most `limit` bytes; anything else is one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"file not found: {path}")
+        raise InputFileError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > limit:
+        raise ConfigError(f"{path}: {size} bytes is too large for a {what} (at most {limit}); is it the right file?")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: UTF-16 text; save the {what} as UTF-8")
     try:
-        return yaml.safe_load(path.read_text())
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}): is it a binary file? "
+                          f"save the {what} as UTF-8") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON document from a size-limited UTF-8 file; NaN/Infinity and deep nesting are refused."""
+    text = read_text(path, what)
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError) as error:
+        why = f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+        raise ConfigError(f"{path}: not valid JSON ({why})") from None
+    check_nesting(data, str(path))
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ConfigError(f"{name} is not a JSON number: give a finite number")
+
+
+def check_nesting(data: Any, source: str, limit: int = MAX_NESTING) -> None:
+    """Refuse structures nested deeper than `limit` (no settings file needs that)."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise ConfigError(f"{source}: nested more than {limit} levels deep; settings are flat mappings and lists")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """A YAML document from a size-limited UTF-8 file, with few aliases and little nesting."""
+    import yaml
+
+    text = read_text(path, what)
+    try:
+        _check_yaml_events(text, str(path))
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+        raise ConfigError(f"{path}: not valid YAML ({error})".replace("\n", " ")[:300]) from error
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+
+
+def _check_yaml_events(text: str, source: str) -> None:
+    """Count aliases and nesting on the event stream, before any structure is built."""
+    import yaml
+
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"{source}: more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                                  "write the values out instead")
+        elif isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep; settings are flat "
+                                  "mappings and lists")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 @dataclass
@@ -126,9 +297,9 @@ class RenderSettings:
     context_stride: int = 4
     context_weighting: str = "pyramid"  # flat, pyramid, delayed_reverse_sawtooth
     context_noise: str = "shuffle_context"  # shuffle_context, repeat_context, random
-    # {frame: prompt} (the CLI's "0: a dog sitting | 24: a dog running" is parsed into it when resolved);
+    # {frame: prompt}, or the CLI's text "0: a dog sitting | 24: a dog running", parsed into it when resolved;
     # text embeddings blend from each given frame to the next.
-    prompt_travel: dict[int, str] | None = None
+    prompt_travel: dict[int, str] | str | None = None
     # FreeInit passes: N x the time for steadier motion; 0 or 1 is off.
     free_init: int = 0
     motion_loras: list[MotionLoraSpec] = field(default_factory=list)
@@ -137,10 +308,7 @@ class RenderSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":
-        data = dict(data)
-        data["concepts"] = from_dicts(ConceptSpec, data.get("concepts"), f"{source}: concepts")
-        data["loras"] = from_dicts(LoraSpec, data.get("loras"), f"{source}: loras")
-        data["motion_loras"] = from_dicts(MotionLoraSpec, data.get("motion_loras"), f"{source}: motion_loras")
+        """Typed and checked (`from_dict`): the one way settings from flags, files and sidecars come in."""
         return from_dict(cls, data, source)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdvideo.config import ConceptSpec, RenderSettings, read_yaml
+from cdvideo.config import ConceptSpec, RenderSettings, check_nesting, convert_value, quote, read_text, read_yaml
 from cdvideo.errors import ConfigError, InputFileError
 
 RANDOM_SEED = -1  # AnimateDiff's spelling of "draw a seed"; the drawn seed is recorded
@@ -93,7 +94,7 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers such as 1,2,3, got {text!r}") from None
+        raise ConfigError(f"--seeds must be comma-separated integers such as 1,2,3, got {quote(text)}") from None
     if not seeds:
         raise ConfigError("--seeds is empty: give integers such as 1,2,3")
     for seed in seeds:
@@ -103,7 +104,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def _check_seed(seed: Any, where: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not (seed == RANDOM_SEED or 0 <= seed <= MAX_SEED):
-        raise ConfigError(f"{where}: a seed is an integer in [0, 2**64) or -1 (random), got {seed!r}")
+        raise ConfigError(f"{where}: a seed is an integer in [0, 2**64) or -1 (random), got {quote(seed)}")
     return seed
 
 
@@ -132,45 +133,46 @@ def parse_concepts(value: Any, base_dir: Path) -> list[list[ConceptSpec]]:
             path = item["path"]
             raw = item.get("strength", 1.0)
             raw = raw if isinstance(raw, list) else [raw]
-            if not raw or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in raw):
-                raise ConfigError(f"concept {path}: strength must be a number or a list of numbers, got {raw!r}")
+            if not raw or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+                                  for s in raw):
+                raise ConfigError(f"concept {path}: strength must be a finite number or a list of them, got {quote(raw)}")
             parsed = [float(s) for s in raw]
         else:
-            raise ConfigError(f"a concept is a path or {{path, strength}}, got {item!r}")
+            raise ConfigError(f"a concept is a path or {{path, strength}}, got {quote(item)}")
         resolved = resolve_path(path, base_dir)
         choices.append([ConceptSpec(resolved, strength) for strength in parsed])
     return [list(combination) for combination in itertools.product(*choices)]
+
+
+def _not_a_number(name: str) -> Any:
+    raise ConfigError(f"{name} is not a number: give a finite number")
+
+
+def _number(value: Any, name: str) -> float:
+    return convert_value(float, value, f"field '{name}'")
 
 
 def _parse_strengths(text: str) -> list[float] | None:
     if text.startswith(("/", "\\")):
         return None  # a colon inside the path (a Windows drive), not a strength
     try:
-        return [float(part) for part in text.split(",")]
+        strengths = [float(part) for part in text.split(",")]
     except ValueError:
         return None
+    if not all(math.isfinite(strength) for strength in strengths):
+        raise ConfigError(f"strength must be a finite number, got {quote(text)}")
+    return strengths
 
 
 def _check_types(fields: dict[str, Any]) -> None:
-    """Each value has its RenderSettings field's type (from_dict checks names, not types)."""
+    """Each value has its RenderSettings field's type: the one typed conversion of cdvideo.config.
+
+    Fields the entry expands itself (prompt, seed and concepts: lists allowed) are checked where they are parsed.
+    """
     hints = typing.get_type_hints(RenderSettings)
     for name, value in fields.items():
-        allowed = typing.get_args(hints.get(name)) or (hints.get(name),)
-        if value is None and type(None) in allowed:
-            continue
-        if isinstance(value, bool):
-            ok = bool in allowed
-        elif int in allowed:
-            ok = isinstance(value, int)
-        elif float in allowed:
-            ok = isinstance(value, (int, float))
-        elif str in allowed:
-            ok = isinstance(value, str)
-        else:
-            continue  # structured fields (concepts, ...) are checked where they are parsed
-        if not ok:
-            kind = "an integer" if int in allowed else "a number" if float in allowed else "text"
-            raise ConfigError(f"field '{name}': expected {kind}, got {value!r}")
+        if name in hints and name not in ("prompt", "seed", "concepts"):
+            convert_value(hints[name], value, f"field '{name}'")
 
 
 def _as_list(value: Any, field_name: str, kind: type) -> list:
@@ -179,7 +181,7 @@ def _as_list(value: Any, field_name: str, kind: type) -> list:
         raise ConfigError(f"field '{field_name}': the list is empty")
     for item in values:
         if not isinstance(item, kind) or isinstance(item, bool):
-            raise ConfigError(f"field '{field_name}': expected {kind.__name__} or a list of them, got {item!r}")
+            raise ConfigError(f"field '{field_name}': expected {kind.__name__} or a list of them, got {quote(item)}")
     return values
 
 
@@ -196,7 +198,7 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     fields = dict(entry)
     name = fields.pop("name", None)
     if name is not None and not isinstance(name, str):
-        raise ConfigError(f"field 'name': expected text, got {name!r}")
+        raise ConfigError(f"field 'name': expected text, got {quote(name)}")
     prompts = _as_list(fields.pop("prompt", None), "prompt", str)
     if seeds is None:
         raw = fields.pop("seed", None)
@@ -231,7 +233,7 @@ def read_prompt_file(path: str | os.PathLike, seeds: list[int] | None = None, co
     if suffix == ".jsonl":
         return _read_jsonl(path, seeds, concepts)
     if suffix in (".yaml", ".yml"):
-        data = read_yaml(path)
+        data = read_yaml(path, "prompt file")
         if is_animatediff(data):
             return _read_animatediff(path, data, seeds, concepts)
         return _read_yaml(path, data, seeds, concepts)
@@ -254,7 +256,7 @@ def _read_txt(path: Path, seeds, concepts) -> list[Request]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
     requests: list[Request] = []
     problems = Problems(path)
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "prompt file").splitlines(), start=1):
         text = line.strip()
         if text and not text.startswith("#"):
             _expand_into(requests, problems, f"{path}, line {number}", {"prompt": text}, path.parent, seeds, concepts)
@@ -272,9 +274,13 @@ def _read_jsonl(path: Path, seeds, concepts) -> list[Request]:
             continue
         where = f"{path}, line {number}"
         try:
-            entry = json.loads(line)
+            entry = json.loads(line, parse_constant=_not_a_number)
+            check_nesting(entry, "the entry")
         except json.JSONDecodeError as error:
             problems.add(where, f"not valid JSON ({error.msg} at column {error.colno})")
+            continue
+        except (ConfigError, RecursionError) as error:
+            problems.add(where, str(error) if isinstance(error, ConfigError) else "nested too deeply")
             continue
         if isinstance(entry, str):
             entry = {"prompt": entry}
@@ -317,7 +323,7 @@ def _read_yaml(path: Path, data: Any, seeds, concepts) -> list[Request]:
         if isinstance(entry, str):
             entry = {"prompt": entry}
         if not isinstance(entry, dict):
-            problems.add(where, f"an entry is a prompt or a mapping of fields, got {entry!r}")
+            problems.add(where, f"an entry is a prompt or a mapping of fields, got {quote(entry)}")
             continue
         _expand_into(requests, problems, where, {**defaults, **entry}, path.parent, seeds, concepts)
     problems.raise_if_any()
@@ -345,7 +351,7 @@ def _read_animatediff(path: Path, data: Any, seeds, concepts) -> list[Request]:
     for number, (entry_name, entry) in enumerate(named, start=1):
         where = f"{path}, entry {number}" + (f" ({entry_name})" if entry_name else "")
         if not isinstance(entry, dict):
-            problems.add(where, f"an AnimateDiff entry is a mapping, got {entry!r}")
+            problems.add(where, f"an AnimateDiff entry is a mapping, got {quote(entry)}")
             continue
         try:
             requests.extend(_animatediff_entry(entry, where, path.parent, seeds, concepts))
@@ -389,7 +395,7 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
     if entry.get("motion_module_lora_configs") and motion_lora_field:
         configs = _as_list(entry["motion_module_lora_configs"], "motion_module_lora_configs", dict)
         fields[motion_lora_field] = [
-            {"path": resolve_path(str(c.get("path", "")), base_dir), "strength": float(c.get("alpha", 1.0))}
+            {"path": resolve_path(str(c.get("path", "")), base_dir), "strength": _number(c.get("alpha", 1.0), "alpha")}
             for c in configs
         ]
     dreambooth = entry.get("dreambooth_path") or entry.get("path")
@@ -399,7 +405,7 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
     motions = _as_list(motion, "motion_module", str) if motion else [None]
     if entry.get("lora_model_path"):
         lora_field = _animatediff_field("loras")
-        lora = {"path": resolve_path(str(entry["lora_model_path"]), base_dir), "strength": float(entry.get("lora_alpha", 0.8))}
+        lora = {"path": resolve_path(str(entry["lora_model_path"]), base_dir), "strength": _number(entry.get("lora_alpha", 0.8), "lora_alpha")}
         if lora_field:
             fields[lora_field] = [lora]
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
@@ -30,7 +31,7 @@ import numpy as np
 from cdvideo import __version__
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.concept import Concept, file_sha256, load_concept
-from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings
+from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings, read_json
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.distilled import preset_lora_specs
 from cdvideo.files import atomic_path
@@ -91,6 +92,14 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
     check_long_video(settings, limit)
     if settings.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
+    # NaN passes every comparison below, and an infinite guidance renders black: refuse both by name.
+    for name in ("guidance_scale", "guidance_rescale", "concept_start"):
+        value = getattr(settings, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    for spec in [*settings.concepts, *settings.loras, *settings.motion_loras]:
+        if not math.isfinite(spec.strength):
+            raise ConfigError(f"the strength of {spec.path} must be a finite number, got {spec.strength}")
     if settings.guidance_scale < 0:
         raise ConfigError(f"guidance_scale must be >= 0, got {settings.guidance_scale}")
     if not 0 <= settings.concept_start < 1:
@@ -236,14 +245,11 @@ def library_versions() -> dict[str, str]:
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"sidecar not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from error
+    data = read_json(path, "sidecar")  # size-limited, UTF-8, no NaN, little nesting
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "settings" not in data:
         raise ConfigError(f"{path}: not a cdvideo render sidecar")
+    if not isinstance(data.get("video"), str) or not isinstance(data["settings"], dict):
+        raise ConfigError(f"{path}: 'video' must be a file name and 'settings' a mapping (an edited sidecar?)")
     return data
 
 

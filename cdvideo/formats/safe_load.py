@@ -44,19 +44,53 @@ def container_format(path: str | os.PathLike) -> str:
     )
 
 
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(tensor name -> shape, metadata) of a safetensors file, read without loading any tensor.
+
+    Every way the header can be damaged (not JSON, `__metadata__` not a mapping of strings, an entry
+    without a shape) is one InputFileError naming the file, never a KeyError or JSONDecodeError.
+    """
+    path = Path(path)
+
+    def damaged(why: str) -> InputFileError:
+        return InputFileError(f"{path}: not a valid safetensors file ({why}); is it damaged or of another kind?")
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise damaged("shorter than a header")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+            raise damaged("its header length is larger than the file")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=lambda name: None)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise damaged("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise damaged("__metadata__ is not a mapping of text to text")
+    entries = {}
+    for name, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise damaged(f"tensor {name[:60]!r} has no valid shape")
+        entries[name] = tuple(shape)
+    return entries, metadata
+
+
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a safetensors file, read without loading any tensor."""
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
-    return header.get("__metadata__") or {}
+    return read_safetensors_header(path)[1]
 
 
 def safetensors_keys(path: str | os.PathLike) -> list[str]:
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
-    return [k for k in header if k != "__metadata__"]
+    return list(read_safetensors_header(path)[0])
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:

@@ -16,7 +16,6 @@ for textual inversion), following the layouts the writing tools use:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,16 +131,14 @@ def _lora_flavour(keys: list[str]) -> str:
 
 def sniff(path: str | os.PathLike) -> FileKind:
     """What kind of weights `path` (a file or a directory) holds."""
-    from cdvideo.formats.safe_load import SAFETENSORS, container_format, safe_torch_load
+    from cdvideo.formats.safe_load import SAFETENSORS, container_format, read_safetensors_header, safe_torch_load
 
     path = Path(path)
     if path.is_dir():
         return _sniff_directory(path)
     if container_format(path) == SAFETENSORS:
-        with open(path, "rb") as handle:
-            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-        metadata = header.pop("__metadata__", None) or {}
-        return sniff_entries({k: tuple(v["shape"]) for k, v in header.items()}, metadata)
+        entries, metadata = read_safetensors_header(path)
+        return sniff_entries(entries, metadata)
     return sniff_entries(flatten_entries(safe_torch_load(path)))
 
 
@@ -151,11 +148,19 @@ def _sniff_directory(path: Path) -> FileKind:
     if (path / "delta.bin").is_file():  # the Custom Diffusion repository's diffusers training output
         return sniff(path / "delta.bin")
     config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "MotionAdapter":
+    if config.is_file() and _class_name(config) == "MotionAdapter":
         return FileKind(MOTION_MODULE, "diffusers MotionAdapter directory")
     if (path / "model_index.json").is_file():
         return FileKind(BASE_MODEL, "diffusers model directory")
     return FileKind(UNKNOWN, "directory")
+
+
+def _class_name(config: Path) -> str | None:
+    """The `_class_name` of a diffusers config.json; None when the file is not such a config."""
+    from cdvideo.config import read_json
+
+    data = read_json(config, "model config")
+    return data.get("_class_name") if isinstance(data, dict) else None
 
 
 def require_kind(path: str | os.PathLike, wanted: tuple[str, ...], role: str) -> FileKind:
