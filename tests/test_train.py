@@ -337,3 +337,55 @@ def test_prior_preservation_generates_class_images_with_the_base_model(dog_image
     assert Image.open(generated[0]).size == (SIZE, SIZE)
     log = np.genfromtxt(result.output_dir / "loss.csv", delimiter=",", names=True)
     assert np.isfinite(log["prior"]) and log["prior"] > 0
+
+
+@pytest.mark.parametrize("binding, trained", [("token", {"to_k", "to_v"}), ("values", {"to_v"}), ("merged", {"to_k", "to_v"})])
+def test_binding_trains_through_the_token_and_the_file_says_how(dog_images, tmp_path, binding, trained):
+    from cdvideo.binding import BoundAttnProcessor
+    from cdvideo.concept import load_concept
+
+    components = load_components()
+    processors = {n: m.processor for n, m in components["unet"].named_modules() if hasattr(m, "processor")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(tiny_config(dog_images, tmp_path / "c.safetensors", binding=binding, learning_rate=1e-3),
+              progress=False, components=components)
+    concept = load_concept(tmp_path / "c.safetensors")
+    assert concept.training["binding"] == binding
+    assert {name.split(".")[-2] for name in concept.deltas} == trained
+    assert all(float(concept.delta(name).abs().max()) > 0 for name in concept.deltas)
+    # The training processors are gone again: the components are a plain UNet afterwards.
+    after = {n: m.processor for n, m in components["unet"].named_modules() if hasattr(m, "processor")}
+    assert after == processors and not any(isinstance(p, BoundAttnProcessor) for p in after.values())
+
+
+def test_bound_training_sees_the_change_only_at_the_token():
+    """With binding token, a caption without the token puts no gradient into the key/value weights; with it, some."""
+    from cdvideo.binding import install_bound_training
+    from cdvideo.train.loop import trainable_param_names
+
+    components = load_components()
+    unet, encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
+    tokenizer.add_tokens(["<new9>"])
+    encoder.resize_token_embeddings(len(tokenizer))
+    names = trainable_param_names(unet, "kv")
+    params = dict(unet.named_parameters())
+    unet.requires_grad_(False)
+    for name in names:
+        params[name].requires_grad_(True)
+    remove = install_bound_training(unet, encoder, tokenizer, ["<new9>"], ["dog"], "token")
+    latents = torch.randn(1, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for caption in ("a dog on grass", "a <new9> dog on grass"):
+        ids = tokenizer([caption], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        unet(latents, torch.tensor([500]), encoder(ids)[0]).sample.square().mean().backward()
+        grads[caption] = sum(float(params[n].grad.abs().sum()) if params[n].grad is not None else 0.0 for n in names)
+        unet.zero_grad(set_to_none=True)
+    remove()
+    assert grads["a dog on grass"] == 0.0
+    assert grads["a <new9> dog on grass"] > 0.0
+
+
+def test_crossattn_cannot_be_bound(dog_images, tmp_path):
+    with pytest.raises(ConfigError, match="binding merged"):
+        tiny_config(dog_images, tmp_path / "c.safetensors", train="crossattn", binding="token").check()

@@ -77,7 +77,7 @@ def judge_clip(frames: np.ndarray, prompt: str, seed: int = 0, concept: tuple[st
                       frames=frames if keep_frames else None)
 
 
-def _all_present(objects: list[SeenObject], wanted: list[dict], concept: tuple[str, str] | None) -> bool:
+def _all_present(objects: list[SeenObject], wanted: list[dict], concept) -> bool:
     """Every wanted object matched by a different seen object (as score_video matches them)."""
     remaining = list(objects)
     for w in wanted:
@@ -109,7 +109,7 @@ class ConceptClip:
 
 
 def judge_concept_clip(frames: np.ndarray, prompt: str, seed: int = 0,
-                       concept: tuple[str, str] = CONCEPT_COLOURS) -> ConceptClip:
+                       concept: tuple[str, str] | dict[str, tuple[str, str]] = CONCEPT_COLOURS) -> ConceptClip:
     """Judge (f, h, w, 3) uint8 frames against a prompt naming a concept token (any renderer's frames: base model too)."""
     request = parse_caption(prompt)
     tokens = [w for w in request.objects if w["colour"].startswith("<")]
@@ -149,9 +149,11 @@ def render_clips(
     items: Iterable[tuple[str, int]],
     renderer,
     *,
-    concept: str | None = None,
+    concept: str | list[str] | None = None,
     strength: float = 1.0,
     concept_start: float = 0.0,
+    concept_binding: str | None = None,
+    concept_schedule: str | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
     batch_size: int = 8,
@@ -159,8 +161,9 @@ def render_clips(
     """Render every (prompt, seed) at the world's size and length; yields (resolved settings, (f, h, w, 3) uint8 frames).
 
     `renderer` is a loaded `cdvideo.render.Renderer` (load it once, reuse it for every call);
-    `concept` is a concept file applied to every clip and taken off after (its key/value changes
-    on from `concept_start` of the steps: cdvideo.inject.deltas_delayed); `steps` /
+    `concept` is a concept file (or several) applied to every clip and taken off after, bound as
+    `concept_binding` says and scaled over the steps by `concept_start` / `concept_schedule`
+    (cdvideo.binding, cdvideo.inject.strength_scheduled); `steps` /
     `guidance_scale` None take the model preset's. Clips are rendered `batch_size` at a time in
     one pipeline call each, each with its own seeded generator: the frames of one-by-one renders,
     up to float rounding.
@@ -169,13 +172,14 @@ def render_clips(
 
     # 1. Check inputs: every setting is valid before anything renders.
     preset = renderer.preset
-    specs = [ConceptSpec(concept, strength)] if concept else []
+    specs = [ConceptSpec(c, strength) for c in ([concept] if isinstance(concept, str) else concept or [])]
     settings = []
     for prompt, seed in items:
         # The world's unconditional caption is "": the model learned guidance from empty captions.
         request = RenderSettings(prompt=prompt, seed=int(seed), model=preset.name, negative_prompt="",
                                  num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=steps,
                                  guidance_scale=guidance_scale, concepts=specs, concept_start=concept_start,
+                                 concept_binding=concept_binding, concept_schedule=concept_schedule,
                                  device=renderer.device)
         resolved = resolve_settings(request, preset)
         check_inputs(resolved, preset)

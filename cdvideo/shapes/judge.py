@@ -114,12 +114,14 @@ def motion_of(frames: list[SeenFrame], shape: str | None = None, colour: str | N
 
 def object_matches(obj: SeenObject, wanted: dict, concept: tuple[str, str] | None = None) -> bool:
     """`wanted` is one object of a Request. A concept token's colour slot matches `concept`
-    (the concept's two colours, upper then lower) when both cover >= 20 % of the region."""
+    (the concept's two colours, upper then lower, or {token: colours} for several concepts) when
+    both cover >= 20 % of the region."""
     if obj.shape != wanted["shape"]:
         return False
     colour = wanted["colour"]
     if colour.startswith("<"):
-        return concept is not None and all(c in obj.colours for c in concept)
+        colours = concept.get(colour) if isinstance(concept, dict) else concept
+        return colours is not None and all(c in obj.colours for c in colours)
     return obj.colour == colour
 
 

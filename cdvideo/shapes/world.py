@@ -203,14 +203,19 @@ def parse_caption(text: str) -> Request:
 # A two-tone circle: yellow above, blue below. Its class word is "circle"; `<new1> circle` should
 # keep composing like "circle" does (other backgrounds, a second object, a motion).
 CONCEPT = dict(token="<new1>", class_word="circle", upper="yellow", lower="blue")
+# A second concept nothing was tuned on (issue 16): a two-tone square, red above, white below.
+SECOND_CONCEPT = dict(token="<new2>", class_word="square", upper="red", lower="white")
+CONCEPTS = {"circle": CONCEPT, "square": SECOND_CONCEPT}
 
 
-def concept_scene(rng: np.random.Generator, background: str = "black", motion: str = "still") -> Scene:
-    """One big two-tone circle, placed at random, on `background`: the concept's training images."""
-    obj = WorldObject("circle", CONCEPT["upper"], "big", 0.0, 0.0, lower_colour=CONCEPT["lower"])
+def concept_scene(rng: np.random.Generator, background: str = "black", motion: str = "still",
+                  concept: dict = CONCEPT) -> Scene:
+    """One big two-tone `concept` (its class word is its shape), placed at random, on `background`:
+    a concept's training images."""
+    obj = WorldObject(concept["class_word"], concept["upper"], "big", 0.0, 0.0, lower_colour=concept["lower"])
     obj.x = _place(rng, obj.extent, motion, 0.0, float(SIZE), axis=0)
     obj.y = _place(rng, obj.extent, motion, 0.0, float(SIZE), axis=1)
-    return Scene(background, [obj], motion, say_size=False, say_motion=False, concept_words={0: CONCEPT["token"]})
+    return Scene(background, [obj], motion, say_size=False, say_motion=False, concept_words={0: concept["token"]})
 
 
 def motion_phrase(motion: str) -> str:

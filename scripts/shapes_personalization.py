@@ -1,0 +1,353 @@
+"""Does a concept keep the whole prompt? Every way of training and rendering one, measured exactly on Shapes.
+
+A concept is a two-tone shape the base world never shows (`circle`: yellow above, blue below, as
+`<new1> circle`; `square`: red above, white below, as `<new2> square`, which nothing was tuned on),
+learned from 5 images on black by `cdvideo train` with the shipped defaults and per row only the
+flags that row names. Each row renders the same compositional prompts (other backgrounds, sizes,
+a second object, each motion) for the same seeds, and the pixel judge reads every clip back:
+
+    concept     share of frames showing the concept (its shape in both its colours)
+    others      share of frames showing the asked second object (prompts that ask one)
+    motion      share of clips moving the asked way (prompts that ask one)
+    everything  share of frames where the whole prompt is right (0 for a clip with the wrong motion)
+
+Means come with 95 % bootstrap intervals over clips. Concepts already trained by the same command
+against the same base weights are reused (--retrain trains again).
+
+    python scripts/shapes_personalization.py --concept circle --seeds 8 --markdown docs/personalization-circle.md
+    python scripts/shapes_personalization.py --concept square --rows base classdiffusion token --seeds 8
+    python scripts/shapes_personalization.py --rows two_concepts ...   # <new1> circle and <new2> square together
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Training variants: the flags each adds to the shared `cdvideo train` command.
+TRAININGS = {
+    "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
+    "classdiffusion": ["--spl-weight", "1", "--binding", "merged"],  # the paper's method
+    "token": ["--binding", "token"],
+    "token+class": ["--binding", "token+class"],
+    "values": ["--binding", "values"],
+    "locked": ["--binding", "locked"],
+}
+# Rows: the training variant (None: the base model, prompts without the token) and render settings.
+ROWS = {
+    "base": dict(training=None),
+    "custom_diffusion": dict(training="custom_diffusion"),
+    "classdiffusion": dict(training="classdiffusion"),
+    "classdiffusion_start": dict(training="classdiffusion", concept_start=0.24),
+    "classdiffusion_as_token": dict(training="classdiffusion", concept_binding="token"),
+    "token": dict(training="token"),
+    "token+class": dict(training="token+class"),
+    "values": dict(training="values"),
+    "locked": dict(training="locked"),
+    "token_as_merged": dict(training="token", concept_binding="merged"),
+    "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
+}
+DEFAULT_ROWS = ["base", "custom_diffusion", "classdiffusion", "classdiffusion_start", "token", "token+class",
+                "values", "locked", "token_schedule"]
+TRAIN_IMAGES = 5
+JUDGED = ["concept", "others", "motion", "everything", "background", "extra_objects"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from cdvideo.shapes.world import CONCEPTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes", help="preset name, preset YAML or diffusers model directory")
+    parser.add_argument("--concept", default="circle", choices=sorted(CONCEPTS), help="which two-tone concept")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS) + ["two_concepts"],
+                        help="rows to measure (two_concepts: both concepts in one prompt, trained with the defaults)")
+    parser.add_argument("--work", type=Path, default=Path("runs/shapes-personalization"),
+                        help="training images, training folders and concepts go here")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per concept")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="per image, scaled by the batch as cdvideo train does")
+    parser.add_argument("--train-seed", type=int, default=42)
+    parser.add_argument("--prompts", type=int, default=16, help="compositional prompts per concept (a multiple of 4)")
+    parser.add_argument("--prompt-seed", type=int, default=0, help="draws the prompts: another seed, other prompts")
+    parser.add_argument("--seeds", type=int, default=8, help="render seeds per prompt (0..K-1, the same for every row)")
+    parser.add_argument("--batch", type=int, default=16, help="clips per pipeline call")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--markdown", type=Path, default=None, help="the table (default: WORK/results-CONCEPT.md)")
+    parser.add_argument("--json", type=Path, default=None, help="every clip's scores (default: WORK/results-CONCEPT.json)")
+    parser.add_argument("--example-out", type=Path, default=None, help="copy the concept trained with the defaults here")
+    parser.add_argument("--retrain", action="store_true", help="train the concepts again even if WORK has them")
+    args = parser.parse_args(argv)
+    for name in ("steps", "seeds", "batch", "prompts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    args.json = args.json or args.work / f"results-{args.concept}.json"
+    args.markdown = args.markdown or args.work / f"results-{args.concept}.md"
+    return args
+
+
+def allowed_colours(concept: dict) -> list[str]:
+    """Colours a prompt may give backgrounds and second objects: not the concept's own, and not green
+    beside yellow and blue (green is the palette colour nearest their blend, so a soft edge between the
+    halves would read as green)."""
+    from cdvideo.shapes.world import COLOURS
+
+    banned = {concept["upper"], concept["lower"]}
+    if banned == {"yellow", "blue"}:
+        banned.add("green")
+    return [c for c in COLOURS if c not in banned]
+
+
+def compositional_prompts(concept: dict, n: int, seed: int = 0) -> list[str]:
+    """`n` prompts naming the concept, a quarter of each kind: another background or size; a motion; a second
+    object; a second object and a motion. Every motion direction comes up; drawn from `seed`."""
+    from cdvideo.shapes.world import SHAPES
+
+    rng = np.random.default_rng(seed)
+    colours = allowed_colours(concept)
+    motions = ["left", "right", "up", "down"]
+    subject = f"{concept['token']} {concept['class_word']}"
+    prompts: list[str] = []
+    for i in range(100 * n):
+        if len(prompts) == n:
+            break
+        kind = len(prompts) % 4
+        background = str(rng.choice(colours))
+        size = str(rng.choice(["", "small ", "big "])) if kind == 0 else ""
+        motion = f" moving {motions[(len(prompts) // 4 + (kind == 3) * 2) % 4]}" if kind in (1, 3) else ""
+        second = ""
+        if kind >= 2:
+            shape = str(rng.choice([s for s in SHAPES if s != concept["class_word"]]))
+            colour = str(rng.choice([c for c in colours if c != background]))
+            second = f" and a {rng.choice(['', 'small ', 'big '])}{colour} {shape}"
+        prompt = f"a {size}{subject}{second}{motion} on a {background} background"
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
+
+
+def write_training_images(folder: Path, concept: dict) -> Path:
+    """The concept's training images: world.concept_scene with seeds 0..4 on black, 32x32 PNGs."""
+    from PIL import Image
+
+    from cdvideo.shapes.world import concept_scene, draw_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(TRAIN_IMAGES):
+        Image.fromarray(draw_frame(concept_scene(np.random.default_rng(seed), concept=concept), 0)).save(folder / f"{seed}.png")
+    return folder
+
+
+def train_command(args, images: Path, concept: dict, flags: list[str], out: Path) -> list[str]:
+    """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
+    from cdvideo.shapes.world import SIZE
+
+    return [
+        sys.executable, "-m", "cdvideo", "train",
+        "--images", str(images), "--class-word", concept["class_word"], "--token", concept["token"],
+        "--model", args.model, "--out", str(out), "--output-dir", str(out.with_suffix("")) + "-train",
+        "--resolution", str(SIZE), "--steps", str(args.steps), "--learning-rate", str(args.learning_rate),
+        # No random rescale: it shrinks the 12 px shape to 4..12 px and prefixes "a far away" / "zoomed in",
+        # words outside the Shapes vocabulary. Captions in the world's grammar ("photo of" is not in it).
+        "--no-augment",
+        "--instance-prompt", "a {token} {class_word} on a black background", "--spl-prompt", "a {token} {class_word}",
+        "--initializer-token", concept["class_word"],
+        "--seed", str(args.train_seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
+        "--device", args.device, *flags,
+    ]
+
+
+def trained_concept(args, name: str, concept_key: str, fingerprint: str) -> dict:
+    """Train (or reuse) one concept variant; returns its path, command and training seconds."""
+    from cdvideo.concept import load_concept
+    from cdvideo.shapes.world import CONCEPTS
+
+    concept = CONCEPTS[concept_key]
+    images = write_training_images(args.work / f"images-{concept_key}", concept)
+    out = args.work / "concepts" / f"{concept_key}-{name}.safetensors"
+    command = train_command(args, images, concept, TRAININGS[name], out)
+    record = out.with_suffix(".command.json")
+    if (not args.retrain and out.is_file() and record.is_file()
+            and json.loads(record.read_text())["command"][1:] == command[1:]
+            and load_concept(out).base_fingerprint == fingerprint):
+        print(f"[train] {concept_key}/{name}: reusing {out}", flush=True)
+        seconds = json.loads(record.read_text())["seconds"]
+    else:
+        print(f"[train] {concept_key}/{name}: {shlex.join(command)}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        seconds = round(time.perf_counter() - started, 1)
+        record.write_text(json.dumps({"command": command, "seconds": seconds}, indent=2))
+    return {"path": str(out), "command": shlex.join(["python", *command[1:]]), "seconds": seconds}
+
+
+def base_prompt(prompt: str, tokens: list[str]) -> str:
+    """The base model's prompt: the concept tokens taken out ("a <new1> circle" -> "a circle")."""
+    for token in tokens:
+        prompt = prompt.replace(token + " ", "")
+    return prompt
+
+
+def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colours) -> list[dict]:
+    """Every row x prompt x seed rendered with the one loaded renderer and judged; one line per batch."""
+    from cdvideo.shapes.evaluate import judge_concept_clip, render_clips
+
+    tokens = list(colours) if isinstance(colours, dict) else []
+    results = []
+    for name, row in rows.items():
+        paths = row.get("paths") or []
+        rendered = prompts if paths else [base_prompt(p, tokens) for p in prompts]
+        judged_as = dict(zip(rendered, prompts))
+        items = [(p, seed) for p in rendered for seed in range(args.seeds)]
+        started = time.perf_counter()
+        for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
+                                             concept_start=row.get("concept_start", 0.0),
+                                             concept_binding=row.get("concept_binding"),
+                                             concept_schedule=row.get("concept_schedule")):
+            judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
+            results.append({"row": name, "rendered_prompt": settings.prompt, **judged.to_dict()})
+        mine = [r for r in results if r["row"] == name]
+        print(f"[render] {name}: {len(mine)} clips in {time.perf_counter() - started:.0f} s; "
+              + " ".join(f"{k} {_mean([r[k] for r in mine]):.3f}" for k in ("concept", "others", "motion", "everything")),
+              flush=True)
+    return results
+
+
+def _values(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows if r[key] is not None])
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def bootstrap(values: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95 % percentile-bootstrap interval over clips."""
+    if len(values) == 0:
+        return (float("nan"),) * 3
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(results: list[dict], rows: list[str]) -> dict[str, dict]:
+    return {row: {key: bootstrap(_values([r for r in results if r["row"] == row], key)) for key in JUDGED}
+            for row in rows}
+
+
+def table(summary: dict[str, dict]) -> str:
+    from cdvideo.shapes.evaluate import markdown_table
+
+    def cell(stat):
+        mean, low, high = stat
+        return "-" if np.isnan(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+    return markdown_table(["row", *JUDGED], [[row, *(cell(s[k]) for k in JUDGED)] for row, s in summary.items()])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from cdvideo.cli.common import quiet_libraries, warnings_as_lines
+
+    quiet_libraries()
+    warnings_as_lines()
+    from cdvideo.concept import fingerprint_unet
+    from cdvideo.files import write_json_atomic
+    from cdvideo.models import load_preset
+    from cdvideo.render import Renderer
+    from cdvideo.shapes.world import CONCEPTS
+
+    # 1. The model (its fingerprint tells whether stored concepts fit it), the prompts.
+    preset = load_preset(args.model)
+    renderer = Renderer(preset, device=args.device)
+    fingerprint = fingerprint_unet(renderer.pipeline.unet)
+    concept = CONCEPTS[args.concept]
+    two = "two_concepts" in args.rows
+    if two:  # "a <new1> circle and a <new2> square ...": both concepts, trained with the defaults
+        first, second = CONCEPTS["circle"], CONCEPTS["square"]
+        colours = {c["token"]: (c["upper"], c["lower"]) for c in (first, second)}
+        backgrounds = [c for c in allowed_colours(first) if c in allowed_colours(second)]
+        rng = np.random.default_rng(args.prompt_seed)
+        prompts = []
+        for i in range(args.prompts):
+            motion = ["", " moving left", " moving right", " moving up", " moving down"][i % 5]
+            prompts.append(f"a {first['token']} circle and a {second['token']} square{motion} "
+                           f"on a {rng.choice(backgrounds)} background")
+    else:
+        colours = (concept["upper"], concept["lower"])
+        prompts = compositional_prompts(concept, args.prompts, args.prompt_seed)
+    print(f"[prompts] {len(prompts)} x {args.seeds} seeds:\n  " + "\n  ".join(prompts), flush=True)
+
+    # 2. The concepts each row needs.
+    trained: dict[str, dict] = {}
+    rows: dict[str, dict] = {}
+    for name in args.rows:
+        if name == "two_concepts":
+            rows["base"] = {}
+            for binding in ("classdiffusion", "token"):
+                paths = []
+                for key in ("circle", "square"):
+                    record = trained_concept(args, binding, key, fingerprint)
+                    trained[f"{key}-{binding}"] = record
+                    paths.append(record["path"])
+                rows[f"two_{binding}"] = {"paths": paths}
+            continue
+        row = dict(ROWS[name])
+        if row["training"]:
+            record = trained_concept(args, row["training"], args.concept, fingerprint)
+            trained[f"{args.concept}-{row['training']}"] = record
+            row["paths"] = [record["path"]]
+        rows[name] = row
+
+    # 3. Render and judge.
+    t = time.perf_counter()
+    results = judge_rows(args, renderer, rows, prompts, colours)
+    render_s = time.perf_counter() - t
+
+    # 4. Report.
+    summary = summarize(results, list(rows))
+    text = table(summary)
+    command = shlex.join(["python", *sys.argv])
+    wall_s = time.perf_counter() - started
+    markdown = (
+        f"Model `{preset.name}`, concept `{'both' if two else args.concept}`; {len(prompts)} prompts (prompt seed "
+        f"{args.prompt_seed}) x {args.seeds} seeds per row, {preset.steps} denoising steps, guidance "
+        f"{preset.guidance_scale}. Mean [95 % bootstrap interval] over clips.\n\n{text}\n\n"
+        f"Prompts: " + "; ".join(f"`{p}`" for p in prompts) + "\n\n"
+        f"Command: `{command}` ({wall_s:.0f} s on {renderer.device}; rendering and judging {render_s:.0f} s)\n\n"
+        + "".join(f"Training ({name}, {t['seconds']:.0f} s): `{t['command']}`\n\n" for name, t in trained.items())
+    )
+    print("\n" + text)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(markdown)
+    write_json_atomic({"command": command, "prompts": prompts, "training": trained, "rows": rows,
+                       "summary": summary, "clips": results, "wall_s": round(wall_s, 1)}, args.json)
+    print(f"wrote {args.json} and {args.markdown} ({wall_s:.0f} s)")
+    if args.example_out:
+        source = trained.get(f"{args.concept}-token")
+        if source is None:
+            sys.exit("error: --example-out needs the 'token' row (the default training)")
+        args.example_out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source["path"], args.example_out)
+        print(f"concept trained with the defaults copied to {args.example_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cdvideo.errors import CdVideoError
+
+    try:
+        sys.exit(main())
+    except (CdVideoError, ValueError) as error:  # one line, as cdvideo's own commands report them
+        sys.exit(f"error: {error}")
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"error: training failed (exit {error.returncode}); its message is above")
