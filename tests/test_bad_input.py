@@ -154,3 +154,118 @@ def test_failed_encode_keeps_the_previous_video_and_exits_non_zero(capsys, user_
     assert_one_line(code, err, "could not write")
     assert snapshot(user_files) == before  # old video and old sidecar, nothing left behind
     assert json.loads((user_files / "dog.json").read_text())["settings"]["seed"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2-3. Non-finite numbers and wrong types, from flags, sidecars, presets and concept files: one line, before loading.
+
+def _sidecar(tmp: Path, **settings) -> Path:
+    """A cdvideo sidecar whose settings hold `settings` (as an edited or hostile one would)."""
+    path = tmp / "edited.json"
+    base = {"prompt": "a dog", "model": "tiny", "num_frames": 4, "height": 32, "width": 32, "steps": 1}
+    path.write_text(json.dumps({"format": "cdvideo.render", "video": "edited.mp4", "settings": {**base, **settings}}))
+    return path
+
+
+def _concept(tmp: Path, change: str) -> Path:
+    """The example concept, damaged the way `change` says."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    path = tmp / f"{change}.safetensors"
+    with safe_open(EXAMPLE_CONCEPT, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(EXAMPLE_CONCEPT)
+    if change == "nan_delta":
+        name = next(k for k in tensors if k.startswith("unet."))
+        tensors[name] = tensors[name].clone()
+        tensors[name][0, 0] = float("nan")
+    elif change == "inf_token":
+        name = next(k for k in tensors if k.startswith("token."))
+        tensors[name] = tensors[name].clone()
+        tensors[name][0, 0] = float("inf")
+    elif change == "class_words_number":
+        metadata["class_words"] = json.dumps({json.loads(metadata["tokens"])[0]: 5})
+    if change in ("nan_delta", "inf_token", "class_words_number"):
+        save_file(tensors, path, metadata=metadata)
+        return path
+    raw = Path(EXAMPLE_CONCEPT).read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    if change == "header_not_json":
+        body = b"{not json" + b" " * (length - 9)
+    elif change == "metadata_string":
+        header["__metadata__"] = "a string"
+        body = json.dumps(header).encode()
+    elif change == "entry_without_shape":
+        name = next(k for k in header if k != "__metadata__")
+        del header[name]["shape"]
+        body = json.dumps(header).encode()
+    elif change == "torch_zip":
+        torch.save({"x": torch.zeros(2)}, path)
+        return path
+    path.write_bytes(len(body).to_bytes(8, "little") + body + raw[8 + length:])
+    return path
+
+
+def _preset(tmp: Path, **changes) -> Path:
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parent.parent / "cdvideo" / "presets" / "tiny.yaml").read_text())
+    path = tmp / "preset.yaml"
+    path.write_text(yaml.safe_dump({**data, **changes}))
+    return path
+
+
+SETTING_CASES = [
+    # (name, argv builder taking tmp_path, message)
+    ("guidance nan", lambda t: ["--guidance-scale", "nan"], "field 'guidance_scale': expected a finite number, got nan"),
+    ("guidance inf", lambda t: ["--guidance-scale", "inf"], "field 'guidance_scale': expected a finite number, got inf"),
+    ("rescale nan", lambda t: ["--guidance-rescale", "nan"], "field 'guidance_rescale': expected a finite number"),
+    ("concept_start nan", lambda t: ["--concept-start", "nan"], "field 'concept_start': expected a finite number"),
+    ("strength nan", lambda t: ["--concept", f"{EXAMPLE_CONCEPT}:nan"], "field 'strength': expected a finite number"),
+    ("strength inf", lambda t: ["--concept", f"{EXAMPLE_CONCEPT}:inf"], "field 'strength': expected a finite number"),
+    ("lora strength -inf", lambda t: ["--lora", "x.safetensors:-inf"], "field 'strength': expected a finite number"),
+    ("concept NaN delta", lambda t: ["--concept", _concept(t, "nan_delta")], "holds NaN or infinite values"),
+    ("concept Inf token", lambda t: ["--concept", _concept(t, "inf_token")], "holds NaN or infinite values"),
+    ("concept header not JSON", lambda t: ["--concept", _concept(t, "header_not_json")], "header_not_json.safetensors"),
+    ("concept metadata a string", lambda t: ["--concept", _concept(t, "metadata_string")], "metadata_string.safetensors"),
+    ("concept entry without shape", lambda t: ["--concept", _concept(t, "entry_without_shape")],
+     "entry_without_shape.safetensors"),
+    ("concept torch zip named .safetensors", lambda t: ["--concept", _concept(t, "torch_zip")], "torch_zip.safetensors"),
+    ("concept class word a number", lambda t: ["--concept", _concept(t, "class_words_number")],
+     "class_words must map each token to a class word"),
+    ("sidecar steps '2'", lambda t: ["--from", _sidecar(t, steps="2")], "field 'steps': expected an integer, got '2'"),
+    ("sidecar seed 1.5", lambda t: ["--from", _sidecar(t, seed=1.5)], "field 'seed': expected an integer, got 1.5"),
+    ("sidecar strength 'x'", lambda t: ["--from", _sidecar(t, concepts=[{"path": EXAMPLE_CONCEPT, "strength": "x"}])],
+     "field 'strength': expected a finite number, got 'x'"),
+    ("sidecar low_vram 'no'", lambda t: ["--from", _sidecar(t, low_vram="no")], "field 'low_vram': expected true or false"),
+    ("sidecar video a number", lambda t: ["--from", _write(t / "s.json", '{"format": "cdvideo.render", "video": 5, '
+                                                                          '"settings": {}}')], "'video' must be a file name"),
+    ("sidecar NaN literal", lambda t: ["--from", _write(t / "s.json", '{"format": "cdvideo.render", "video": "a.mp4", '
+                                                                      '"settings": {"guidance_scale": NaN}}')],
+     "NaN is not a JSON number"),
+    ("sidecar not JSON", lambda t: ["--from", _write(t / "s.json", "{oops")], "not valid JSON"),
+    ("sidecar binary", lambda t: ["--from", _write(t / "s.json", b"\x89PNG\r\n\x1a\n\xff\xfe")], "not UTF-8 text"),
+    ("sidecar huge value quoted short", lambda t: ["--from", _sidecar(t, scheduler=["x" * 100000])],
+     "expected text, got ['xxxxxxxx"),
+    ("preset height 'abc'", lambda t: ["--model", _preset(t, height="abc")], "field 'height': expected an integer, got 'abc'"),
+    ("preset guidance .nan", lambda t: ["--model", _preset(t, guidance_scale=float("nan"))],
+     "field 'guidance_scale': expected a finite number"),
+]
+
+
+def _write(path: Path, content) -> Path:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+@pytest.mark.parametrize("name,argv,message", SETTING_CASES, ids=[c[0] for c in SETTING_CASES])
+def test_bad_setting_is_one_line_before_loading(capsys, user_files, no_model_loading, name, argv, message):
+    extra = [str(a) for a in argv(user_files)]
+    before = snapshot(user_files)
+    flags = [] if "--from" in extra else [*QUICK, "--prompt", "a <new1> dog"]
+    code, _, err = run_cli(capsys, "render", *flags, *extra, "--out", "out.mp4")
+    assert_one_line(code, err, message)
+    assert len(err) < 400  # a huge value is quoted by a short prefix
+    assert snapshot(user_files) == before

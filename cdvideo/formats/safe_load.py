@@ -102,6 +102,9 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise InputFileError(f"file not found: {path}")
     # Memory-map zip checkpoints: a pickled embedding row may drag its whole 150 MB table along.
     mmap = container_format(path) == TORCH_ZIP
+    if path.suffix.lower() == ".safetensors":  # torch.load would hand it to the safetensors reader
+        raise InputFileError(f"{path} is a PyTorch checkpoint, not safetensors, whatever its name says: "
+                             "rename it to .bin (or .pt) and pass it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
