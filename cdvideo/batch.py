@@ -115,11 +115,25 @@ def plan_batch(prompt_file: str | os.PathLike, overrides: dict[str, Any] | None 
                     available[key] = None
                 except CdVideoError as failure:
                     available[key] = str(failure)
-            error = error or available[key]
+            error = error or available[key] or _memory_problem(settings, preset)
         name = item_name(index, request, settings.seed, random_seed)
         items.append(BatchItem(index, request.source, settings, name, random_seed, error))
     problems.raise_if_any()
     return items
+
+
+def _memory_problem(settings: RenderSettings, preset) -> str | None:
+    """render's peak-memory check, per item and before any model loads: an item that cannot fit fails
+    alone (in its row), instead of loading the model to die of it."""
+    from cdvideo.memory import NotEnoughMemoryError, check_memory
+    from cdvideo.models import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    try:
+        check_memory(settings, preset, device, resolve_dtype(settings.dtype, device))
+    except NotEnoughMemoryError as failure:
+        return str(failure)
+    return None
 
 
 def _comparable(settings: dict[str, Any], random_seed: bool) -> dict[str, Any]:

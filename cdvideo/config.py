@@ -28,9 +28,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 # Input files are small; a larger one is a mistake or an attack, refused before it is parsed.
 MAX_INPUT_BYTES = 16 << 20
-# YAML aliases let 1 KB expand to gigabytes once something walks the structure ("billion laughs");
-# settings files need few of them and little nesting.
-MAX_YAML_ALIASES = 100
+# YAML aliases let 1 KB expand to gigabytes once something walks the structure ("billion laughs"):
+# a document may expand to this many values at most (a 10 000-prompt file is a tenth of it).
+MAX_YAML_NODES = 1_000_000
 MAX_NESTING = 32
 QUOTE_LIMIT = 40  # characters of a bad value quoted in a message
 
@@ -204,23 +204,32 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
 
 
 def _check_yaml_events(text: str, source: str) -> None:
-    """Count aliases and nesting on the event stream, before any structure is built."""
+    """Count the nodes the document expands to (an alias counts as all of its anchor's nodes) and its
+    nesting, on the event stream, before any structure is built."""
     import yaml
 
-    aliases = depth = 0
+    anchors: dict[str, int] = {}
+    stack: list[list] = [[None, 0]]  # per open collection: its anchor and its node count so far
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_YAML_ALIASES:
-                raise ConfigError(f"{source}: more than {MAX_YAML_ALIASES} YAML aliases (*name); "
-                                  "write the values out instead")
+            stack[-1][1] += anchors.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            stack[-1][1] += 1
+            if event.anchor:
+                anchors[event.anchor] = 1
         elif isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_NESTING:
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_NESTING + 1:
                 raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep; settings are flat "
                                   "mappings and lists")
         elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+            anchor, count = stack.pop()
+            stack[-1][1] += count
+            if anchor:
+                anchors[anchor] = count
+        if stack[-1][1] > MAX_YAML_NODES or sum(entry[1] for entry in stack) > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: expands to more than {MAX_YAML_NODES} values (YAML aliases, *name, "
+                              "repeat whole structures); write the settings out instead")
 
 
 @dataclass

@@ -125,7 +125,7 @@ def parse_concepts(value: Any, base_dir: Path) -> list[list[ConceptSpec]]:
             if parsed is None:
                 path, parsed = item, [1.0]
         elif isinstance(item, dict):
-            unknown = sorted(set(item) - {"path", "strength"})
+            unknown = sorted(map(str, set(item) - {"path", "strength"}))
             if unknown or not isinstance(item.get("path"), str):
                 raise ConfigError(
                     f"a concept is {{path: FILE, strength: NUMBER or [NUMBERS]}}, got {json.dumps(item)}"
@@ -192,9 +192,9 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     `seeds` / `concepts` from the command line replace the entry's own.
     """
     known = {f.name for f in dataclasses.fields(RenderSettings)} | set(ENTRY_EXTRA_KEYS)
-    unknown = sorted(set(entry) - known)
+    unknown = sorted(map(str, set(entry) - known))
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown field(s) {', '.join(map(quote, unknown[:10]))}; known fields: {', '.join(sorted(known))}")
     fields = dict(entry)
     name = fields.pop("name", None)
     if name is not None and not isinstance(name, str):
@@ -305,11 +305,11 @@ def _read_yaml(path: Path, data: Any, seeds, concepts) -> list[Request]:
     problems = Problems(path)
     defaults: dict[str, Any] = {}
     if isinstance(data, dict):
-        unknown = sorted(set(data) - {"defaults", "prompts"})
+        unknown = sorted(map(str, set(data) - {"defaults", "prompts"}))
         if unknown or not isinstance(data.get("prompts"), list):
             raise ConfigError(
                 f"{path}: expected a list of entries, or the keys 'defaults' and 'prompts' (a list)"
-                + (f"; unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "")
+                + (f"; unknown key(s) {', '.join(map(quote, unknown[:10]))}" if unknown else "")
             )
         defaults = data.get("defaults") or {}
         if not isinstance(defaults, dict):
@@ -362,9 +362,9 @@ def _read_animatediff(path: Path, data: Any, seeds, concepts) -> list[Request]:
 
 
 def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts) -> list[Request]:
-    unknown = sorted(set(entry) - ANIMATEDIFF_MAPPED - set(ANIMATEDIFF_UNSUPPORTED) - ANIMATEDIFF_IGNORED)
+    unknown = sorted(map(str, set(entry) - ANIMATEDIFF_MAPPED - set(ANIMATEDIFF_UNSUPPORTED) - ANIMATEDIFF_IGNORED))
     if unknown:
-        raise ConfigError(f"unknown AnimateDiff field(s) {', '.join(map(repr, unknown))}")
+        raise ConfigError(f"unknown AnimateDiff field(s) {', '.join(map(quote, unknown[:10]))}")
     prompts = _as_list(entry.get("prompt"), "prompt", str)
     n_prompt = entry.get("n_prompt")
     negatives = [None] * len(prompts) if n_prompt is None else _as_list(n_prompt, "n_prompt", str)

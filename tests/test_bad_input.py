@@ -269,3 +269,68 @@ def test_bad_setting_is_one_line_before_loading(capsys, user_files, no_model_loa
     assert_one_line(code, err, message)
     assert len(err) < 400  # a huge value is quoted by a short prefix
     assert snapshot(user_files) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3-4. Prompt files for `cdvideo batch`: wrong types, undecodable or hostile files, a taken --out; the
+# memory check per item. Every problem of a file is listed at once, one line per problem.
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+) + "prompts: [a dog]\n"
+
+BATCH_CASES = [
+    # (name, prompt file name, content, extra flags, message)
+    ("binary prompt file", "p.txt", b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00", [], "not UTF-8 text"),
+    ("UTF-16 prompt file", "p.yaml", "- a dog\n".encode("utf-16"), [], "UTF-16 text; save the prompt file as UTF-8"),
+    ("billion laughs", "p.yaml", LAUGHS, [], "expands to more than 1000000 values"),
+    ("deep nesting", "p.yaml", "- " + "[" * 200 + "]" * 200 + "\n", [], "nested more than 32 levels"),
+    ("deep JSON nesting", "p.jsonl", '{"prompt": "a", "x": ' + "[" * 100000 + "]" * 100000 + "}\n", [], "line 1"),
+    ("low_vram 'no'", "p.yaml", '- {prompt: a dog, low_vram: "no"}\n', [], "field 'low_vram': expected true or false, got 'no'"),
+    ("steps '2'", "p.yaml", '- {prompt: a dog, steps: "2"}\n', [], "field 'steps': expected an integer, got '2'"),
+    ("guidance .inf", "p.yaml", "- {prompt: a dog, guidance_scale: .inf}\n", [], "field 'guidance_scale': expected a finite number"),
+    ("JSONL NaN", "p.jsonl", '{"prompt": "a dog", "guidance_scale": NaN}\n', [], "NaN is not a number"),
+    ("strength nan in text", "p.yaml", f"- {{prompt: a dog, concepts: '{EXAMPLE_CONCEPT}:nan'}}\n", [],
+     "strength must be a finite number"),
+    ("strength list with .nan", "p.yaml", f"- {{prompt: a dog, concepts: {{path: {EXAMPLE_CONCEPT}, strength: [1, .nan]}}}}\n",
+     [], "strength must be a finite number"),
+    ("AnimateDiff lora_alpha abc", "p.yaml", "- prompt: [a dog]\n  n_prompt: [bad]\n  lora_model_path: x.safetensors\n"
+                                             "  lora_alpha: abc\n", [], "field 'lora_alpha': expected a finite number, got 'abc'"),
+    ("huge key quoted short", "p.jsonl", '{"prompt": "a dog", "' + "k" * 100000 + '": 1}\n', [], "unknown field(s) 'kkkk"),
+    ("flag guidance nan", "p.yaml", "- a dog\n", ["--guidance-scale", "nan"], "expected a finite number, got nan"),
+    ("--out an existing file", "p.yaml", "- a dog\n", ["--out", "holiday.mp4"], "exists and is not a folder"),
+    ("--out a user folder", "p.yaml", "- a dog\n", ["--out", "photos"], "a folder of other files"),
+    ("prompt file missing", "absent.yaml", None, [], "prompt file not found"),
+]
+
+
+@pytest.mark.parametrize("name,file,content,extra,message", BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+def test_bad_prompt_file_is_refused_before_loading(capsys, user_files, no_model_loading, name, file, content,
+                                                   extra, message):
+    if content is not None:
+        _write(user_files / file, content)
+    before = snapshot(user_files)
+    out = [] if "--out" in extra else ["--out", "run"]
+    code, _, err = run_cli(capsys, "batch", file, *out, "--model", "tiny", "--quiet", "--no-gallery", *extra)
+    assert code == 2 and "Traceback" not in err, err
+    assert message in err, err
+    assert len(err) < 600 and err.startswith("error: ")
+    assert snapshot(user_files) == before
+
+
+def test_oversized_prompt_file_is_refused_unread(capsys, user_files, no_model_loading, monkeypatch):
+    monkeypatch.setattr("cdvideo.config.MAX_INPUT_BYTES", 1000)
+    monkeypatch.setattr("cdvideo.config.read_text.__defaults__", ("file", 1000))
+    (user_files / "p.txt").write_text("a dog\n" * 1000)
+    code, _, err = run_cli(capsys, "batch", "p.txt", "--out", "run", "--model", "tiny", "--quiet")
+    assert_one_line(code, err, "too large for a prompt file")
+
+
+def test_batch_memory_check_fails_the_item_in_its_row_before_loading(capsys, user_files, no_model_loading):
+    """`num_frames: 1000000` loaded the model and died out of memory; now the item fails alone, unloaded."""
+    (user_files / "p.yaml").write_text("- {prompt: a dog, num_frames: 1000000}\n- {prompt: a cow, width: 100000, height: 100000}\n")
+    code, out, err = run_cli(capsys, "batch", "p.yaml", "--out", "run", "--model", "tiny", "--quiet", "--no-gallery")
+    assert code == 1, err
+    records = [json.loads(line) for line in (user_files / "run" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all("not enough memory" in r["error"] for r in records)

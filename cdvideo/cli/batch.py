@@ -69,6 +69,9 @@ def run(args) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.processes is not None and args.processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
+    from cdvideo.outputs import check_batch_folder
+
+    check_batch_folder(args.out)  # never a user's file or folder of other files
     items = _plan(args)  # the whole file is checked before anything starts, in every process
     if args.dry_run:
         _print_plan(items, args.out)
