@@ -103,6 +103,29 @@ class Concept:
                     )
 
 
+def suggest_token(token: str) -> str:
+    """A new-token spelling for `token`: `dog` -> `<dog1>`."""
+    stem = re.sub(r"[^a-z0-9]", "", token.lower()) or "new"
+    return f"<{stem}1>"
+
+
+def check_new_token(tokenizer, token: str, source: str = "concept") -> None:
+    """Refuse a token that the tokenizer already knows as a word or word-piece, asked as it tokenizes.
+
+    CLIP's vocabulary stores `dog</w>`, not `dog`, so a look-up of the token itself finds nothing, and
+    the added token would then replace the word `dog` in every prompt.
+    """
+    from cdvideo.errors import InjectionError
+
+    vocab = tokenizer.get_vocab()
+    pieces = tokenizer.tokenize(token)
+    if token in vocab or (len(pieces) == 1 and pieces[0] in vocab):
+        raise InjectionError(
+            f"{source}: token {token!r} is already a word or word-piece of the tokenizer ({pieces[0] if pieces else token}), "
+            f"so it would replace that word in every prompt: use a new token such as {suggest_token(token)}"
+        )
+
+
 def fingerprint_unet(unet: torch.nn.Module) -> str:
     """A short hash of the base weights that concepts change (spatial cross-attention k/v).
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cdvideo.config import DEFAULT_MODEL, from_dict, read_yaml
-from cdvideo.errors import ConfigError, ModelNotAvailableError
+from cdvideo.errors import CdVideoError, ConfigError, ModelNotAvailableError
 from cdvideo.hub import hub_offline, hub_reachable
 
 BUILTIN_PREFIX = "builtin:"
@@ -471,6 +471,20 @@ def make_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, 
 def _loading_error(preset: ModelPreset, error: Exception) -> ModelNotAvailableError:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return _not_available(preset.base, "model", f"could not be loaded ({first_line})")
+
+
+def load_tokenizer(preset: ModelPreset):
+    """The base model's tokenizer alone (vocabulary files, no weights), or None where it is not local:
+    new tokens are checked against it before any model is loaded; a missing model is reported by the load."""
+    from transformers import CLIPTokenizer
+
+    try:
+        base = resolve_source(preset.base)
+        if _is_weight_file(base):
+            base = resolve_source(_single_file_config(preset))
+        return CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError, CdVideoError):
+        return None
 
 
 def _load_base_components(preset: ModelPreset, dtype) -> dict:

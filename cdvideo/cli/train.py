@@ -129,6 +129,7 @@ def run(args) -> int:
     config.check()  # before torch and diffusers are imported
     warnings_as_lines()
     quiet_libraries()
+    check_tokens(config)  # against the base model's tokenizer alone, before any model loads
     from cdvideo.train import train
 
     result = train(config, progress=not args.quiet)
@@ -142,3 +143,19 @@ def run(args) -> int:
     print(f'render: cdvideo render --model {config.model} --concept {result.concept} --prompt "a {config.tokens()[0]} '
           f'{config.concepts[0].class_word} ..."  (tokens: {tokens})')
     return 0
+
+
+def check_tokens(config) -> None:
+    """A new token that is already a word (`--token dog`) is refused before the model loads."""
+    from cdvideo.concept import check_new_token
+    from cdvideo.errors import ConfigError, InjectionError
+    from cdvideo.models import load_preset, load_tokenizer
+
+    tokenizer = load_tokenizer(load_preset(config.model))
+    if tokenizer is None:
+        return  # not local: loading the model reports that
+    for token in config.tokens():
+        try:
+            check_new_token(tokenizer, token, "--token")
+        except InjectionError as error:
+            raise ConfigError(str(error)) from None
