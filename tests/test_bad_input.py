@@ -398,3 +398,58 @@ def test_concept_whose_token_is_a_word_is_refused(capsys, user_files, tiny_pipel
     code, _, err = run_cli(capsys, "render", *QUICK, "--prompt", "a dog", "--concept", path, "--out", "x.mp4")
     assert_one_line(code, err, "use a new token such as <dog1>")
     assert not (user_files / "x.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. eval: a tiny, corrupt or odd input is an error in its own row; the run goes on and exits 1.
+
+def _good_video(path: Path) -> Path:
+    from cdvideo.export import write_video
+
+    rng = np.random.default_rng(0)
+    return write_video((rng.random((4, 32, 32, 3)) * 255).astype(np.uint8), path, fps=8)
+
+
+def _eval_input(tmp: Path, kind: str) -> Path:
+    from PIL import Image
+
+    if kind == "2x2 gif":
+        path = tmp / "tiny.gif"
+        frames = [Image.fromarray(np.full((2, 2, 3), 60 * i, np.uint8)) for i in range(4)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=125)
+        return path
+    if kind == "corrupt png in frames folder":
+        folder = tmp / "frames"
+        folder.mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / f"{i:05d}.png")
+        (folder / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+        return folder
+    if kind == "truncated mp4":
+        path = tmp / "cut.mp4"
+        path.write_bytes(_good_video(tmp / "whole.mp4").read_bytes()[:300])
+        (tmp / "whole.mp4").unlink()
+        return path
+    manifest = tmp / "run" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    _good_video(manifest.parent / "ok.mp4")
+    line = {"manifest video 5": '{"index": 0, "status": "done", "video": 5}',
+            "manifest without keys": '{"index": 0}',
+            "manifest video a list": '{"index": 0, "status": "done", "video": ["a"]}',
+            "manifest not JSON": "{oops"}[kind]
+    manifest.write_text(line + '\n{"index": 1, "status": "done", "video": "ok.mp4"}\n')
+    return manifest
+
+
+EVAL_CASES = ["2x2 gif", "corrupt png in frames folder", "truncated mp4", "manifest video 5", "manifest without keys",
+              "manifest video a list", "manifest not JSON"]
+
+
+@pytest.mark.parametrize("kind", EVAL_CASES)
+def test_eval_reports_a_bad_video_in_its_row_and_goes_on(capsys, tmp_path, kind):
+    bad = _eval_input(tmp_path, kind)
+    good = _good_video(tmp_path / "good.mp4")
+    code, out, err = run_cli(capsys, "eval", bad, good, "--metrics", "temporal_flickering,warping_error", "--no-plots")
+    assert code == 1, err
+    assert "Traceback" not in err and "could not be evaluated" in err
+    assert "good.mp4" in out  # the run went on past the bad one

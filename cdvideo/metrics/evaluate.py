@@ -78,14 +78,36 @@ def evaluate_path(
     scores = VideoScores(video=label or str(path))
     try:
         video = load_video(Path(path), stride=stride, max_frames=max_frames, prompt=prompt)
-    except CdVideoError as error:
-        scores.error = str(error)
+    except (CdVideoError, OSError, ValueError) as error:  # OSError: a frame Pillow cannot identify
+        scores.error = _one_line(error)
         return scores
     scores.num_frames = video.num_frames
     scores.size = tuple(int(s) for s in video.frames.shape[1:3])
     scores.prompt = video.prompt
-    scores.metrics = evaluate_video(video, names, context)
+    try:
+        scores.metrics = evaluate_video(video, names, context)
+    except (CdVideoError, ValueError, RuntimeError, cv2_error()) as error:  # a 2x2 video: OpenCV refuses it
+        scores.error = _one_line(error)
     return scores
+
+
+def cv2_error() -> type[BaseException]:
+    """OpenCV's exception class, which is not one of Python's (a stand-in where cv2 is not installed)."""
+    try:
+        import cv2
+
+        return cv2.error
+    except ImportError:
+        return CdVideoError
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line, without OpenCV's source location, cut to a readable length."""
+    text = " ".join(str(error).split())
+    if isinstance(error, cv2_error()) and not isinstance(error, CdVideoError):
+        # "OpenCV(5.0.0) /io/.../dis_flow.cpp:1471: error: (-201:...) The input image must ..."
+        return "OpenCV: " + text.split(") ", 2)[-1][:300]
+    return text[:300] if isinstance(error, CdVideoError) else f"{type(error).__name__}: {text[:300]}"
 
 
 def aggregate(all_scores: list[VideoScores], names: list[str]) -> dict[str, dict[str, Any]]:
