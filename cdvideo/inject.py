@@ -23,7 +23,7 @@ import torch
 from cdvideo.binding import (BoundAttnProcessor, BoundChange, TokenPositions, class_word_ids, spatial_attn2_modules,
                              token_ids)
 from cdvideo.schedule import TRAINED_MERGED, check_binding, step_factors
-from cdvideo.concept import Concept, fingerprint_unet
+from cdvideo.concept import Concept, check_new_token, fingerprint_unet
 from cdvideo.errors import InjectionError
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class ConceptInjector:
                     f"{name}: token {token} is already in the tokenizer's vocabulary "
                     "(another concept uses it, or it is an ordinary word): rename it in one of the files"
                 )
+            check_new_token(self.pipeline.tokenizer, token, name)  # `dog` is stored as `dog</w>`
 
     def apply(self, concept: Concept, strength: float = 1.0, name: str = "concept",
               binding: str | None = None) -> AppliedConcept:

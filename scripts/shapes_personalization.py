@@ -208,6 +208,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
         items = [(p, seed) for p in rendered for seed in range(args.seeds)]
         started = time.perf_counter()
         for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
+                                             strength=row.get("strength", 1.0),
                                              concept_start=row.get("concept_start", 0.0),
                                              concept_binding=row.get("concept_binding"),
                                              concept_schedule=row.get("concept_schedule")):

@@ -30,6 +30,7 @@ _HELP = {
     "train": "kv: cross-attention to_k/to_v (ClassDiffusion); crossattn: also to_q/to_out",
     "binding": "where the key/value change acts: token (default: only at the new token, so the rest of a prompt "
                "keeps working), token+class, values, locked, or merged (every word: the paper's way)",
+    "train_token": "train the new token's embedding (default); --no-train-token keeps the initializer word's",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one)",

@@ -68,6 +68,10 @@ class TrainConfig:
     # the concept learns to carry itself through its token and leaves the rest of a prompt alone.
     # Rendering uses the same binding by default (the concept file records it).
     binding: str = "token"
+    # Train the new token's embedding (ClassDiffusion; SPL acts on it). False keeps it at the initializer
+    # token's embedding, so the text encoder reads "<new1> dog" as it reads the initializer word, and
+    # the concept lives only in the (bound) key/value change.
+    train_token: bool = True
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the

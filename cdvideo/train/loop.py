@@ -183,7 +183,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     text_encoder.set_input_embeddings(embedding)
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
-    embedding.new_rows.requires_grad_(True)
+    embedding.new_rows.requires_grad_(config.train_token)
     names = trainable_param_names(unet, config.train)
     if config.binding in ("values", "locked"):  # the key stays the base model's (or the class word's)
         names = [n for n in names if ".to_v." in n]
@@ -210,7 +210,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     if config.scale_lr:
         learning_rate *= config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     optimizer = torch.optim.AdamW(
-        [embedding.new_rows] + [params[n] for n in names], lr=learning_rate,
+        [embedding.new_rows] * config.train_token + [params[n] for n in names], lr=learning_rate,
         betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
@@ -292,7 +292,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                                           generator=generator).to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
-                with_spl = config.spl_weight > 0
+                with_spl = config.spl_weight > 0 and config.train_token  # SPL moves only the token
                 ids = _tokenize(tokenizer, prompts, device)
                 ids = torch.cat([ids, token_phrase_ids]) if with_spl else ids  # (b + k, 77)
                 hidden = text_encoder(ids)[0]  # (b + k, 77, d)
@@ -379,7 +379,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         training={
             "steps": result.step, "learning_rate": learning_rate, "batch_size": config.batch_size,
             "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
-            "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "resolution": size, "seed": config.seed,
+            "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token, "resolution": size, "seed": config.seed,
             "images": [len(g) for g in instance_images], "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
