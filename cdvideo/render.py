@@ -408,6 +408,7 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
                     "tokens": list(concept.tokens),
                     "class_words": concept.class_words,
                     "base_fingerprint": concept.base_fingerprint,
+                    "binding": settings.concept_binding or trained_binding(concept),
                 }
                 for concept, strength, name in concepts
             ],

@@ -40,6 +40,8 @@ TRAININGS = {
     "token+class": ["--binding", "token+class"],
     "values": ["--binding", "values"],
     "locked": ["--binding", "locked"],
+    "token_fixed": ["--binding", "token", "--no-train-token"],
+    "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -53,10 +55,13 @@ ROWS = {
     "values": dict(training="values"),
     "locked": dict(training="locked"),
     "token_as_merged": dict(training="token", concept_binding="merged"),
+    "token_fixed": dict(training="token_fixed"),
+    "token+class_fixed": dict(training="token+class_fixed"),
+    "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
 }
 DEFAULT_ROWS = ["base", "custom_diffusion", "classdiffusion", "classdiffusion_start", "token", "token+class",
-                "values", "locked", "token_schedule"]
+                "values", "locked", "token_start", "token_schedule"]
 TRAIN_IMAGES = 5
 JUDGED = ["concept", "others", "motion", "everything", "background", "extra_objects"]
 
@@ -163,29 +168,47 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
     ]
 
 
-def trained_concept(args, name: str, concept_key: str, fingerprint: str) -> dict:
-    """Train (or reuse) one concept variant; returns its path, command and training seconds."""
+def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dict[str, dict]:
+    """Train (or reuse) each (variant, concept) in `needed`, two at a time with one CPU thread each (two
+    processes with torch's default threads each would fight over the cores); returns per "concept-variant"
+    its path, command and training seconds."""
+    import os
+
     from cdvideo.concept import load_concept
     from cdvideo.shapes.world import CONCEPTS
 
-    concept = CONCEPTS[concept_key]
-    images = write_training_images(args.work / f"images-{concept_key}", concept)
-    out = args.work / "concepts" / f"{concept_key}-{name}.safetensors"
-    command = train_command(args, images, concept, TRAININGS[name], out)
-    record = out.with_suffix(".command.json")
-    if (not args.retrain and out.is_file() and record.is_file()
-            and json.loads(record.read_text())["command"][1:] == command[1:]
-            and load_concept(out).base_fingerprint == fingerprint):
-        print(f"[train] {concept_key}/{name}: reusing {out}", flush=True)
-        seconds = json.loads(record.read_text())["seconds"]
-    else:
-        print(f"[train] {concept_key}/{name}: {shlex.join(command)}", flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        seconds = round(time.perf_counter() - started, 1)
-        record.write_text(json.dumps({"command": command, "seconds": seconds}, indent=2))
-    return {"path": str(out), "command": shlex.join(["python", *command[1:]]), "seconds": seconds}
+    records, pending = {}, []
+    for name, concept_key in dict.fromkeys(needed):
+        concept = CONCEPTS[concept_key]
+        images = write_training_images(args.work / f"images-{concept_key}", concept)
+        out = args.work / "concepts" / f"{concept_key}-{name}.safetensors"
+        command = train_command(args, images, concept, TRAININGS[name], out)
+        record = out.with_suffix(".command.json")
+        key = f"{concept_key}-{name}"
+        records[key] = {"path": str(out), "command": shlex.join(["python", *command[1:]])}
+        if (not args.retrain and out.is_file() and record.is_file()
+                and json.loads(record.read_text())["command"][1:] == command[1:]
+                and load_concept(out).base_fingerprint == fingerprint):
+            print(f"[train] {key}: reusing {out}", flush=True)
+            records[key]["seconds"] = json.loads(record.read_text())["seconds"]
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pending.append((key, command, out, record))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for start in range(0, len(pending), 2):
+        running = []
+        for key, command, out, record in pending[start : start + 2]:
+            print(f"[train] {key}: {shlex.join(command)}", flush=True)
+            log = open(out.with_suffix(".log"), "w")
+            running.append((key, record, command, time.perf_counter(), subprocess.Popen(command, env=env, stdout=log, stderr=log)))
+        for key, record, command, started, process in running:
+            if process.wait() != 0:
+                raise subprocess.CalledProcessError(process.returncode, command)
+            seconds = round(time.perf_counter() - started, 1)
+            record.write_text(json.dumps({"command": command, "seconds": seconds}, indent=2))
+            records[key]["seconds"] = seconds
+            print(f"[train] {key}: done in {seconds:.0f} s", flush=True)
+    return records
 
 
 def base_prompt(prompt: str, tokens: list[str]) -> str:
@@ -289,25 +312,23 @@ def main(argv=None) -> int:
     print(f"[prompts] {len(prompts)} x {args.seeds} seeds:\n  " + "\n  ".join(prompts), flush=True)
 
     # 2. The concepts each row needs.
-    trained: dict[str, dict] = {}
     rows: dict[str, dict] = {}
+    needed = []
     for name in args.rows:
         if name == "two_concepts":
             rows["base"] = {}
-            for binding in ("classdiffusion", "token"):
-                paths = []
-                for key in ("circle", "square"):
-                    record = trained_concept(args, binding, key, fingerprint)
-                    trained[f"{key}-{binding}"] = record
-                    paths.append(record["path"])
-                rows[f"two_{binding}"] = {"paths": paths}
+            for variant in ("classdiffusion", "token"):
+                needed += [(variant, "circle"), (variant, "square")]
+                rows[f"two_{variant}"] = {"keys": [f"circle-{variant}", f"square-{variant}"]}
             continue
         row = dict(ROWS[name])
         if row["training"]:
-            record = trained_concept(args, row["training"], args.concept, fingerprint)
-            trained[f"{args.concept}-{row['training']}"] = record
-            row["paths"] = [record["path"]]
+            needed.append((row["training"], args.concept))
+            row["keys"] = [f"{args.concept}-{row['training']}"]
         rows[name] = row
+    trained = train_concepts(args, needed, fingerprint)
+    for row in rows.values():
+        row["paths"] = [trained[key]["path"] for key in row.get("keys", [])]
 
     # 3. Render and judge.
     t = time.perf_counter()

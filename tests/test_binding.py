@@ -201,3 +201,26 @@ def test_render_settings_refuse_bad_binding_and_schedule(tiny_preset):
     with pytest.raises(ConfigError, match="concept_schedule"):
         check(concept_schedule="0:x")
     check(concept_binding="token", concept_schedule="0:0.5")
+
+
+def test_sidecar_records_binding_and_schedule_and_from_repeats_them(tiny_renderer, tmp_path):
+    import json
+
+    from cdvideo.config import ConceptSpec
+    from cdvideo.render import render_to_file
+
+    request = RenderSettings(prompt="a <new1> dog running", model="tiny", seed=5, num_frames=4, height=32, width=32,
+                             steps=4, concepts=[ConceptSpec("examples/tiny-dog.safetensors")],
+                             concept_binding="token", concept_schedule="0:0, 0.5:1", device="cpu", dtype="float32")
+    first = render_to_file(request, tmp_path / "a.mp4", renderer=tiny_renderer, progress=False)
+    sidecar = json.loads(first.sidecar.read_text())
+    assert sidecar["settings"]["concept_binding"] == "token"
+    assert sidecar["settings"]["concept_schedule"] == "0:0, 0.5:1"
+    assert sidecar["concepts"][0]["binding"] == "token"
+    again = render_to_file(RenderSettings.from_dict(sidecar["settings"]), tmp_path / "b.mp4", renderer=tiny_renderer,
+                           progress=False)
+    assert np.array_equal(first.frames, again.frames)
+    merged = render_to_file(dataclasses.replace(request, concept_binding="merged"), tmp_path / "c.mp4",
+                            renderer=tiny_renderer, progress=False)
+    assert not np.array_equal(first.frames, merged.frames)
+    assert json.loads(merged.sidecar.read_text())["concepts"][0]["binding"] == "merged"

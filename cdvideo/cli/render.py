@@ -24,6 +24,11 @@ SETTING_FLAGS = {
     "concept_start": (float, "share of the denoising steps before the concepts' key/value changes go on (token "
                              "embeddings stay): the base model settles layout and motion first; 0.24 keeps motion "
                              "words working with a concept (docs/shapes-world.md). Default 0: from the start"),
+    "concept_binding": (str, "where the concepts' key/value changes act: token (only at the concept's token), "
+                             "token+class, values, locked, or merged (every word: the paper's way); default: as each "
+                             "concept was trained (its file says; files from other tools: merged)"),
+    "concept_schedule": (str, "strength of the concepts' key/value changes over the steps, SHARE:STRENGTH pairs held "
+                              "until the next, e.g. \"0:0, 0.2:0.4, 0.3:1\" (replaces --concept-start)"),
     "guidance_rescale": (float, "guidance rescale phi, 0..1 (0.7 in Lin et al.): keeps high guidance from over-saturating "
                                 "zero-terminal-SNR / v-prediction models (default: preset's, 0 = off)"),
     "seed": (int, "random seed (default: drawn and recorded in the sidecar)"),
