@@ -218,8 +218,9 @@ def base_prompt(prompt: str, tokens: list[str]) -> str:
     return prompt
 
 
-def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colours) -> list[dict]:
-    """Every row x prompt x seed rendered with the one loaded renderer and judged; one line per batch."""
+def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colours, on_row=None) -> list[dict]:
+    """Every row x prompt x seed rendered with the one loaded renderer and judged; one line per row, and
+    `on_row(results so far)` after each (the table is written as rows finish)."""
     from cdvideo.shapes.evaluate import judge_concept_clip, render_clips
 
     tokens = list(colours) if isinstance(colours, dict) else []
@@ -241,6 +242,8 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
         print(f"[render] {name}: {len(mine)} clips in {time.perf_counter() - started:.0f} s; "
               + " ".join(f"{k} {_mean([r[k] for r in mine]):.3f}" for k in ("concept", "others", "motion", "everything")),
               flush=True)
+        if on_row:
+            on_row(results)
     return results
 
 
@@ -332,7 +335,13 @@ def main(argv=None) -> int:
 
     # 3. Render and judge.
     t = time.perf_counter()
-    results = judge_rows(args, renderer, rows, prompts, colours)
+
+    def partial(results):
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        done = list(dict.fromkeys(r["row"] for r in results))
+        args.markdown.write_text(f"(partial: {len(done)} of {len(rows)} rows)\n\n{table(summarize(results, done))}\n")
+
+    results = judge_rows(args, renderer, rows, prompts, colours, on_row=partial)
     render_s = time.perf_counter() - t
 
     # 4. Report.
