@@ -453,7 +453,7 @@ class _Runner:
         first = group[0].settings
         renderer = self.renderer_for(first)
         concepts = render.load_concepts(first.concepts)
-        applied = {"loras": render.load_loras(first.loras)} if getattr(first, "loras", None) else {}
+        applied = {"loras": render.load_loras(first.loras)} if first.loras else {}
         started = time.perf_counter()
         all_frames = renderer.render_batch([item.settings for item in group], concepts, progress=False, **applied)
         share = (time.perf_counter() - started) / len(group)

@@ -212,14 +212,14 @@ def low_vram_applied(pipeline, settings, device: str) -> Iterator[None]:
 
     On the CPU offloading is meaningless (the weights already live in RAM), so only the VAE changes.
     """
-    if not getattr(settings, "low_vram", False):
+    if not settings.low_vram:
         yield
         return
     vae = pipeline.vae
-    before = (getattr(vae, "use_slicing", False), getattr(vae, "use_tiling", False))
+    before = (vae.use_slicing, vae.use_tiling)
     cuda = str(device).startswith("cuda")
     vae.enable_slicing()
-    tile = getattr(vae, "tile_sample_min_size", None) or vae.config.sample_size
+    tile = vae.tile_sample_min_size
     if max(settings.height, settings.width) > tile:
         vae.enable_tiling()
     if cuda:

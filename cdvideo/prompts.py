@@ -34,10 +34,10 @@ ENTRY_EXTRA_KEYS = ("name",)
 ANIMATEDIFF_MAPPED = {
     "prompt", "n_prompt", "seed", "steps", "guidance_scale", "W", "H", "L",
     "dreambooth_path", "path", "lora_model_path", "lora_alpha", "motion_module", "inference_config",
+    "motion_module_lora_configs",
 }
 # Keys of features cdvideo does not render yet: an entry that uses one fails per item, with the reason.
 ANIMATEDIFF_UNSUPPORTED = {
-    "motion_module_lora_configs": "motion LoRAs (motion_module_lora_configs) are not supported yet",
     "adapter_lora_path": "the v3 domain adapter LoRA (adapter_lora_path) is not supported yet",
     "controlnet_path": "SparseCtrl / ControlNet (controlnet_path) is not supported",
     "controlnet_images": "SparseCtrl / ControlNet (controlnet_images) is not supported",
@@ -336,13 +336,6 @@ def is_animatediff(data: Any) -> bool:
     return any(isinstance(e, dict) and ANIMATEDIFF_MARKERS & set(e) for e in entries)
 
 
-def _animatediff_field(name: str) -> str | None:
-    """The RenderSettings field a model path goes to, whichever spelling this version has."""
-    names = {f.name for f in dataclasses.fields(RenderSettings)}
-    candidates = {"motion": ("motion", "motion_adapter"), "loras": ("loras",), "motion_loras": ("motion_loras",)}[name]
-    return next((c for c in candidates if c in names), None)
-
-
 def _read_animatediff(path: Path, data: Any, seeds, concepts) -> list[Request]:
     """AnimateDiff's entries as its animate.py reads them: prompts, negative prompts and seeds are zipped."""
     problems = Problems(path)
@@ -389,12 +382,10 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
         for key, target in (("W", "width"), ("H", "height"), ("L", "num_frames")):
             error = ConfigError(str(error).replace(f"'{target}'", f"'{key}'"))
         raise error from None
-    motion_lora_field = _animatediff_field("motion_loras")
-    unsupported = [reason for key, reason in ANIMATEDIFF_UNSUPPORTED.items()
-                   if entry.get(key) and not (key == "motion_module_lora_configs" and motion_lora_field)]
-    if entry.get("motion_module_lora_configs") and motion_lora_field:
+    unsupported = [reason for key, reason in ANIMATEDIFF_UNSUPPORTED.items() if entry.get(key)]
+    if entry.get("motion_module_lora_configs"):
         configs = _as_list(entry["motion_module_lora_configs"], "motion_module_lora_configs", dict)
-        fields[motion_lora_field] = [
+        fields["motion_loras"] = [
             {"path": resolve_path(str(c.get("path", "")), base_dir), "strength": _number(c.get("alpha", 1.0), "alpha")}
             for c in configs
         ]
@@ -404,18 +395,14 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
     motion = entry.get("motion_module")
     motions = _as_list(motion, "motion_module", str) if motion else [None]
     if entry.get("lora_model_path"):
-        lora_field = _animatediff_field("loras")
-        lora = {"path": resolve_path(str(entry["lora_model_path"]), base_dir), "strength": _number(entry.get("lora_alpha", 0.8), "lora_alpha")}
-        if lora_field:
-            fields[lora_field] = [lora]
-        else:
-            unsupported.append(f"lora_model_path {lora['path']}: LoRA files cannot be rendered by this cdvideo yet")
+        fields["loras"] = [{"path": resolve_path(str(entry["lora_model_path"]), base_dir),
+                            "strength": _number(entry.get("lora_alpha", 0.8), "lora_alpha")}]
     concept_choices = parse_concepts(concepts, base_dir)
     requests = []
     for motion_path in motions:
         motion_fields = dict(fields)
         if motion_path:
-            motion_fields[_animatediff_field("motion")] = resolve_path(motion_path, base_dir)
+            motion_fields["motion_adapter"] = resolve_path(motion_path, base_dir)
         for prompt, negative, seed in zip(prompts, negatives, entry_seeds):
             for specs in concept_choices:
                 for s in seeds if seeds is not None else [seed]:

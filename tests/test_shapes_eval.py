@@ -102,7 +102,9 @@ def test_temporal_metrics_need_no_weights():
 
 
 def test_shapes_metric_scores_a_caption_and_skips_other_prompts():
-    assert "shapes" in OFFLINE_METRICS and get_metric("shapes") is not None
+    from cdvideo.metrics.shapes import shapes_caption_match
+
+    assert "shapes" in OFFLINE_METRICS and get_metric("shapes") is shapes_caption_match
     frames = clip_of(motion="left")
     context = EvalContext()
     result = evaluate_video(Video(frames=frames, prompt="a red circle moving left on a white background"), ["shapes"],

@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cdvideo {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"cdvideo.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"cdvideo.cli.{name}":
-                continue  # subcommand not written yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"cdvideo.cli.{name}").add_parser(subparsers)
     return parser
 
 

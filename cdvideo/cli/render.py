@@ -118,9 +118,9 @@ def settings_from_args(args):
             data[field] = getattr(args, field)
     if args.concepts is not None:
         data["concepts"] = [ConceptSpec.parse(text) for text in args.concepts]
-    if getattr(args, "loras", None) is not None:
+    if args.loras is not None:
         data["loras"] = [LoraSpec.parse(text) for text in args.loras]
-    if getattr(args, "motion_loras", None) is not None:
+    if args.motion_loras is not None:
         data["motion_loras"] = [MotionLoraSpec.parse(text) for text in args.motion_loras]
     return RenderSettings.from_dict(data, "render settings"), out
 
@@ -134,11 +134,10 @@ def run(args) -> int:
         _warn_changed_concepts(args.from_sidecar, settings)
 
     from cdvideo.models import load_preset
-    from cdvideo.render import check_inputs, render_to_file, resolve_settings
+    from cdvideo.render import render_to_file, resolve_settings
 
-    # Resolve and check here too, so a default output name can carry the seed.
-    settings = resolve_settings(settings, load_preset(settings.model))
-    if out is None:
+    if out is None:  # the default name carries the seed: resolve (draw it) here; render_to_file keeps it
+        settings = resolve_settings(settings, load_preset(settings.model))
         out = Path("outputs") / f"{slugify(settings.prompt)}-{settings.seed}.{settings.format or 'mp4'}"
         if settings.format == "frames":
             out = out.with_suffix("")

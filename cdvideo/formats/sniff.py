@@ -40,7 +40,7 @@ USE_WITH = {
     CUSTOM_DIFFUSION: "--concept (or `cdvideo concept convert`)",
     TEXTUAL_INVERSION: "--concept (or `cdvideo concept convert`)",
     LORA: "--lora",
-    MOTION_LORA: "a motion LoRA (not supported for rendering yet)",
+    MOTION_LORA: "--motion-lora",
     MOTION_MODULE: "--motion",
     BASE_MODEL: "--model",
 }

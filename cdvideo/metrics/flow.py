@@ -19,9 +19,9 @@ def _cv2():
     try:
         import cv2
     except ImportError as error:
-        # OpenCV is an optional extra: without it only the flow metrics are lost.
+        # A dependency, but an install may lack it (a broken wheel, a headless image): only the flow metrics are lost.
         raise MetricUnavailableError(
-            "optical flow needs OpenCV: pip install 'cdvideo[eval]' (opencv-python-headless)"
+            "optical flow needs OpenCV: pip install opencv-python-headless"
         ) from error
     return cv2
 
