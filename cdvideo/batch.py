@@ -26,17 +26,18 @@ import os
 import random
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from cdvideo.concept import file_sha256
 from cdvideo.config import RenderSettings
 from cdvideo.errors import CdVideoError, ConfigError, OutputLockedError
 from cdvideo.files import slugify
 from cdvideo.manifest import ManifestPart, merge_manifest, remove_parts
 from cdvideo.outputs import BATCH_LOCK_NAME, check_batch_folder
 from cdvideo.prompts import RANDOM_SEED, Problems, Request, read_prompt_file
+from cdvideo.sidecar import finished_render
 
 LOCK_NAME = BATCH_LOCK_NAME
 # Settings a batched pipeline call may differ in; everything else must be equal.
@@ -136,32 +137,13 @@ def _memory_problem(settings: RenderSettings, preset) -> str | None:
     return None
 
 
-def _comparable(settings: dict[str, Any], random_seed: bool) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if not (random_seed and k == "seed")}
-
-
 def finished_sidecar(item: BatchItem, out_dir: Path, hashes: dict[str, str] | None = None) -> dict | None:
     """The sidecar of `item` if its finished outputs match the request exactly, else None."""
-    sidecar_path = out_dir / f"{item.name}.json"
-    video = out_dir / item.video_name
-    if item.error or not sidecar_path.is_file() or not video.exists():
+    if item.error:
         return None
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(sidecar, dict) or sidecar.get("video") != item.video_name:
-        return None
-    if _comparable(sidecar.get("settings", {}), item.random_seed) != _comparable(item.settings.to_dict(), item.random_seed):
-        return None
-    hashes = {} if hashes is None else hashes
-    for recorded in sidecar.get("concepts", []):
-        path = recorded.get("path", "")
-        if path not in hashes:
-            hashes[path] = file_sha256(path) if Path(path).is_file() else ""
-        if hashes[path] != recorded.get("sha256"):
-            return None  # the concept file changed since: its video is out of date
-    return sidecar
+    # A random seed was drawn anew for this run: the finished video's own seed stands.
+    ignore = ("seed",) if item.random_seed else ()
+    return finished_render(out_dir / item.video_name, item.settings.to_dict(), ignore, hashes)
 
 
 @contextlib.contextmanager
@@ -260,20 +242,6 @@ def _record(item: BatchItem, status: str, process: int, **extra: Any) -> dict[st
         "process": process,
         **extra,
     }
-
-
-class _Rendered:
-    """Stands in for a Renderer to give render_to_file frames already made by a batched pipeline call."""
-
-    def __init__(self, renderer, frames):
-        self._renderer = renderer
-        self._frames = frames
-
-    def __getattr__(self, name):  # preset, device, dtype, pipeline: the real renderer's
-        return getattr(self._renderer, name)
-
-    def render(self, settings, concepts=None, progress=True, **applied):
-        return self._frames
 
 
 def _process_state():
@@ -428,14 +396,21 @@ class _Runner:
 
     def _render_one(self, item: BatchItem, out_dir: Path, frames=None, render_s: float | None = None,
                     batched: int = 1) -> dict[str, Any]:
-        from cdvideo.render import render_to_file
+        """Render `item` (or write `frames`, its share of a batched call) with its video and sidecar."""
+        from cdvideo.render import prepare_render, render_to_file, write_render
 
         rank = self.state.process_index
         try:
             renderer = self.renderer_for(item.settings)
-            if frames is not None:
-                renderer = _Rendered(renderer, frames)
-            result = render_to_file(item.settings, out_dir / item.video_name, renderer=renderer, progress=False)
+            out = out_dir / item.video_name
+            if frames is None:
+                result = render_to_file(item.settings, out, renderer=renderer, progress=False)
+            else:
+                started = time.perf_counter()
+                request = prepare_render(item.settings, out, renderer.preset)
+                for message in request.messages:
+                    warnings.warn(message, stacklevel=2)
+                result = write_render(request, frames, renderer, {"render_s": render_s or 0.0}, started)
         except (CdVideoError, OSError, RuntimeError, ValueError) as error:
             if os.environ.get("CDVIDEO_DEBUG"):
                 traceback.print_exc()

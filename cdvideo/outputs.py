@@ -9,37 +9,17 @@ writable. The write itself then goes through cdvideo.files.atomic_path, which re
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 from cdvideo.errors import UnsafeOutputError
 from cdvideo.files import OUTPUT_MARKER, check_replaceable
+from cdvideo.sidecar import is_cdvideo_sidecar, sidecar_path
 
-SIDECAR_FORMAT = "cdvideo.render"
 # A batch output folder holds this lock file (cdvideo.batch): every item name in it is cdvideo's.
 BATCH_LOCK_NAME = ".cdvideo-batch.lock"
 BATCH_MANIFEST_NAME = "manifest.jsonl"
-MAX_SIDECAR_BYTES = 16 << 20  # a sidecar is a few KB; a larger "sidecar" is not one
-
-
-def sidecar_path(video: str | os.PathLike) -> Path:
-    """`outputs/dog.mp4` -> `outputs/dog.json`; a frames folder `outputs/dog` -> `outputs/dog.json`."""
-    video = Path(video)
-    return video.with_name(video.stem + ".json") if video.suffix else video.with_name(video.name + ".json")
-
-
-def is_cdvideo_sidecar(path: Path, video_name: str | None = None) -> bool:
-    """`path` is a cdvideo render sidecar (naming `video_name`, if given)."""
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_SIDECAR_BYTES:
-            return False
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT
-            and (video_name is None or data.get("video") == video_name))
 
 
 def _in_batch_folder(path: Path) -> bool:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import platform
 import random
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,22 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from cdvideo import __version__
-from cdvideo.schedule import check_binding, parse_schedule
-from cdvideo.concept import Concept, file_sha256, load_concept
-from cdvideo.config import ConceptSpec, DEVICES, DTYPES, LoraSpec, RenderSettings, read_json
-from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.concept import Concept, load_concept
+from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings
 from cdvideo.distilled import preset_lora_specs
+from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.files import atomic_path
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
-from cdvideo.formats.concepts import source_sha256
 from cdvideo.guidance import guidance_rescale_applied
-from cdvideo.memory import check_memory, low_vram_applied
-from cdvideo.outputs import SIDECAR_FORMAT, check_output, sidecar_path  # sidecar_path: part of this module's API
 from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_uint8
+from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.models import (SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelPreset, check_available, load_preset,
                             motion_max_frames, vae_scale_factor)
+from cdvideo.outputs import check_output
+from cdvideo.schedule import check_binding, parse_schedule
+from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
 
@@ -231,28 +227,6 @@ def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool
     return [frames_to_uint8(frames) for frames in output.frames]  # each (f, h, w, 3)
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {"python": platform.python_version(), "cdvideo": __version__}
-    for package in ("torch", "diffusers", "transformers", "accelerate", "safetensors", "xformers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    data = read_json(path, "sidecar")  # size-limited, UTF-8, no NaN, little nesting
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "settings" not in data:
-        raise ConfigError(f"{path}: not a cdvideo render sidecar")
-    if not isinstance(data.get("video"), str) or not isinstance(data["settings"], dict):
-        raise ConfigError(f"{path}: 'video' must be a file name and 'settings' a mapping (an edited sidecar?)")
-    return data
-
-
 @dataclass
 class RenderResult:
     video: Path
@@ -288,16 +262,21 @@ class Renderer:
             self.pipeline.scheduler = make_scheduler(name, self._scheduler_config, {})
             self.scheduler = name
 
+    def resolve_concepts(self, concepts: list[tuple[Any, float, str]]) -> list[tuple[Concept, float, str]]:
+        """Concepts from other tools become deltas against this model's base weights (take them before any
+        LoRA is merged); cdvideo concepts pass as they are."""
+        from cdvideo.formats.concepts import resolve_concepts
+
+        return resolve_concepts(concepts, self.pipeline, self.preset.base)
+
     @contextlib.contextmanager
     def _applied(self, concepts, loras, binding: str | None = None):
         """LoRAs merged first, concepts on top (bound as `binding` says); both taken off after the render, bit for bit."""
         from cdvideo.concept import fingerprint_unet
-        from cdvideo.formats.concepts import resolve_concepts
         from cdvideo.formats.lora import bind_lora
         from cdvideo.inject import concepts_applied, loras_applied
 
-        # Concepts from other tools become deltas against the base weights, before any LoRA is merged.
-        concepts = resolve_concepts(concepts or [], self.pipeline, self.preset.base)
+        concepts = self.resolve_concepts(concepts or [])
         fingerprint = fingerprint_unet(self.pipeline.unet) if loras and concepts else None
         bound = [(bind_lora(lora, self.pipeline), strength, name) for lora, strength, name in loras or []]
         with loras_applied(self.pipeline, bound), concepts_applied(self.pipeline, concepts, fingerprint,
@@ -334,23 +313,63 @@ class Renderer:
             return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
 
 
+@dataclass
+class RenderRequest:
+    """One render, checked and read before any model loads: resolved settings, where it goes, its files."""
+
+    settings: RenderSettings
+    preset: ModelPreset
+    out: Path
+    format: str
+    concepts: list[tuple[Any, float, str]]  # (Concept or a foreign file's ConceptSource, strength, path)
+    loras: list[tuple[Any, float, str]]  # (LoraFile, strength, path)
+    messages: list[str]  # warnings worth a line each
+
+
+def prepare_render(settings: RenderSettings, out: str | os.PathLike, preset: ModelPreset | None = None) -> RenderRequest:
+    """Resolve and check a request and read its concept and LoRA files; everything that can be wrong
+    is found here, before a model is loaded. `preset`: the loaded renderer's (else `settings.model`'s)."""
+    preset = preset or load_preset(settings.model)
+    settings = resolve_settings(settings, preset)
+    check_inputs(settings, preset, out)
+    concepts = load_concepts(settings.concepts)
+    messages = prompt_warnings(settings.prompt, concepts)
+    note = window_note(settings, motion_max_frames(preset, settings.motion_adapter))
+    messages += [note] if note else []
+    check_available(preset, settings.motion_adapter)
+    return RenderRequest(settings, preset, Path(out), settings.format or format_from_path(out), concepts,
+                         load_loras(settings.loras), messages)
+
+
+def write_render(request: RenderRequest, frames: np.ndarray, renderer: Renderer, timings: dict[str, float],
+                 started: float) -> RenderResult:
+    """Write the video and the sidecar, each to a temporary name, then rename both: a failed write (full
+    disk, encoder error) leaves the previous video and sidecar as they were, and a sidecar never
+    describes a missing or unfinished video. `renderer`: the one that made `frames`."""
+    settings = request.settings
+    video, sidecar = request.out, sidecar_path(request.out)
+    concepts = renderer.resolve_concepts(request.concepts)  # the sidecar records their fingerprints
+    with atomic_path(sidecar) as sidecar_tmp, atomic_path(video, directory=request.format == "frames") as video_tmp:
+        t = time.perf_counter()
+        encode_video(frames, video_tmp, fps=settings.fps, format=request.format, quality=settings.quality)
+        timings["write_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - started
+        record = sidecar_record(video_name=video.name, settings=settings, preset=request.preset, concepts=concepts,
+                                loras=request.loras, device=renderer.device, dtype=renderer.dtype, frames=frames,
+                                timings=timings)
+        write_sidecar(record, sidecar_tmp)
+    return RenderResult(video, sidecar, frames, settings, timings, request.messages)
+
+
 def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: Renderer | None = None,
                    progress: bool = True) -> RenderResult:
     """Validate, load (unless a renderer is given), render, and write the video and its sidecar."""
     started = time.perf_counter()
     # 1. Check inputs: everything that can be wrong is found before a model is loaded.
-    preset = renderer.preset if renderer else load_preset(settings.model)
-    settings = resolve_settings(settings, preset)
-    check_inputs(settings, preset, out)
-    format = settings.format or format_from_path(out)
-    concepts = load_concepts(settings.concepts)
-    loras = load_loras(settings.loras)
-    messages = prompt_warnings(settings.prompt, concepts)
-    note = window_note(settings, motion_max_frames(preset, settings.motion_adapter))
-    messages += [note] if note else []
-    for message in messages:
+    request = prepare_render(settings, out, renderer.preset if renderer else None)
+    settings = request.settings
+    for message in request.messages:
         warnings.warn(message, stacklevel=2)
-    check_available(preset, settings.motion_adapter)
     # Peak-memory estimate, one line; refused here (before loading) when it does not fit.
     # (With a loaded renderer, as in batch, the weights already sit in memory: nothing to refuse up front.)
     estimate = None
@@ -358,72 +377,23 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         from cdvideo.models import resolve_device, resolve_dtype
 
         device = resolve_device(settings.device)
-        estimate = check_memory(settings, preset, device, resolve_dtype(settings.dtype, device))
+        estimate = check_memory(settings, request.preset, device, resolve_dtype(settings.dtype, device))
 
     # 2. Load the model.
     timings: dict[str, float] = {}
     if renderer is None:
         t = time.perf_counter()
-        renderer = Renderer(preset, settings.device, settings.dtype, settings.motion_adapter)
+        renderer = Renderer(request.preset, settings.device, settings.dtype, settings.motion_adapter)
         timings["load_s"] = time.perf_counter() - t
-    from cdvideo.formats.concepts import ConceptSource, resolve_concepts
-    from cdvideo.inject import trained_binding
-
-    if any(isinstance(concept, ConceptSource) for concept, _, _ in concepts):
-        # Foreign files -> deltas against the loaded base, once, so the sidecar records their fingerprint.
-        concepts = resolve_concepts(concepts, renderer.pipeline, preset.base)
+    # Foreign files -> deltas against the loaded base, once, before any LoRA is merged.
+    request.concepts = renderer.resolve_concepts(request.concepts)
 
     # 3. Render with the LoRAs and concepts applied, then take them off again.
     if estimate:  # printed once nothing else can fail before the render starts
         print(estimate, flush=True)  # stdout, beside "wrote ...": stderr keeps errors to one line
     t = time.perf_counter()
-    # Only with LoRAs: stand-ins for a Renderer (batch's pre-rendered frames) take no `loras`.
-    frames = renderer.render(settings, concepts, progress=progress, **({"loras": loras} if loras else {}))
+    frames = renderer.render(settings, request.concepts, progress=progress, loras=request.loras)
     timings["render_s"] = time.perf_counter() - t
 
-    # 4. Write the video and the sidecar, each to a temporary name, then rename both: a failed write (full
-    # disk, encoder error) leaves the previous video and sidecar as they were, and a sidecar never
-    # describes a missing or unfinished video.
-    video, sidecar = Path(out), sidecar_path(out)
-    with atomic_path(sidecar) as sidecar_tmp, atomic_path(video, directory=format == "frames") as video_tmp:
-        t = time.perf_counter()
-        encode_video(frames, video_tmp, fps=settings.fps, format=format, quality=settings.quality)
-        timings["write_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - started
-        record = {
-            "format": SIDECAR_FORMAT,
-            "video": video.name,
-            "settings": settings.to_dict(),
-            "model": {
-                "preset": preset.name,
-                "base": preset.base,
-                "motion_adapter": settings.motion_adapter or preset.motion_adapter,
-                "scheduler_config": preset.scheduler_config,
-            },
-            "concepts": [
-                {
-                    "path": name,
-                    "sha256": source_sha256(name),
-                    "strength": strength,
-                    "tokens": list(concept.tokens),
-                    "class_words": concept.class_words,
-                    "base_fingerprint": concept.base_fingerprint,
-                    "binding": settings.concept_binding or trained_binding(concept),
-                }
-                for concept, strength, name in concepts
-            ],
-            "loras": [
-                {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
-                for lora, strength, name in loras
-            ],
-            "device": renderer.device,
-            "dtype": str(renderer.dtype).removeprefix("torch."),
-            "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
-            "versions": library_versions(),
-            "platform": f"{platform.system()} {platform.machine()}; {sys.version.split()[0]}",
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        # allow_nan=False: a sidecar holding NaN is not JSON (check_inputs refuses non-finite settings first).
-        sidecar_tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    return RenderResult(video, sidecar, frames, settings, timings, messages)
+    # 4. Write the video and the sidecar.
+    return write_render(request, frames, renderer, timings, started)

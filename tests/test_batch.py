@@ -14,7 +14,7 @@ from cdvideo.batch import output_lock, plan_batch, run_batch
 from cdvideo.cli import main
 from cdvideo.errors import OutputLockedError
 from cdvideo.export import read_video
-from cdvideo.render import read_sidecar
+from cdvideo.sidecar import read_sidecar
 from conftest import EXAMPLE_CONCEPT
 
 TINY = {"model": "tiny", "num_frames": 4, "height": 32, "width": 32, "steps": 2}

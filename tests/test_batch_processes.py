@@ -11,7 +11,7 @@ import pytest
 
 from cdvideo.cli import main
 from cdvideo.export import read_video
-from cdvideo.render import read_sidecar
+from cdvideo.sidecar import read_sidecar
 
 FLAGS = ["--model", "tiny", "--num-frames", "4", "--height", "32", "--width", "32", "--steps", "2", "--quiet"]
 

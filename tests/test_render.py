@@ -7,7 +7,8 @@ import pytest
 
 from cdvideo.config import ConceptSpec, RenderSettings
 from cdvideo.export import read_video
-from cdvideo.render import read_sidecar, render_to_file
+from cdvideo.render import render_to_file
+from cdvideo.sidecar import read_sidecar
 from conftest import EXAMPLE_CONCEPT
 
 SMALL = dict(num_frames=8, height=48, width=64, steps=2, model="tiny")

@@ -17,7 +17,7 @@ def collect() -> dict:
     import torch
 
     from cdvideo.models import list_presets, load_preset, missing_weights
-    from cdvideo.render import library_versions
+    from cdvideo.sidecar import library_versions
     from cdvideo.tiny import cache_dir
 
     devices = ["cpu"]

@@ -103,7 +103,7 @@ def add_parser(subparsers) -> None:
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
     from cdvideo.config import ConceptSpec, LoraSpec, MotionLoraSpec, RenderSettings
-    from cdvideo.render import read_sidecar
+    from cdvideo.sidecar import read_sidecar
 
     data: dict = {}
     out = args.out
@@ -156,10 +156,9 @@ def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
     """A concept file that changed since the recorded render cannot give the same frames."""
     import warnings
 
-    from cdvideo.concept import file_sha256
-    from cdvideo.render import read_sidecar
+    from cdvideo.sidecar import changed_concepts, read_sidecar
 
-    recorded = {c["path"]: c.get("sha256") for c in read_sidecar(sidecar_path).get("concepts", [])}
-    for spec in settings.concepts:
-        if spec.path in recorded and Path(spec.path).is_file() and file_sha256(spec.path) != recorded[spec.path]:
-            warnings.warn(f"{spec.path} changed since {sidecar_path} was written: the frames will differ")
+    asked = {spec.path for spec in settings.concepts}
+    for path in changed_concepts(read_sidecar(sidecar_path)):
+        if path in asked and Path(path).is_file():  # a missing file is named by the render itself
+            warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")

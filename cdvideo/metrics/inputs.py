@@ -11,6 +11,7 @@ import numpy as np
 from cdvideo.errors import CdVideoError, ConfigError, InputFileError, VideoIOError
 from cdvideo.export import read_video
 from cdvideo.metrics.base import Video, VideoTooShortError
+from cdvideo.sidecar import sidecar_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -75,11 +76,6 @@ def _check_frame_sizes(folder: Path) -> None:
             f"{folder}: frames differ in size ({first} is {first_size[0]}x{first_size[1]}, "
             f"{odd} is {odd_size[0]}x{odd_size[1]})"
         )
-
-
-def sidecar_path(video_path: Path) -> Path:
-    """`dog.mp4` -> `dog.json` (a frames folder `dog/` -> `dog.json`)."""
-    return video_path.with_suffix(".json") if video_path.suffix else video_path.with_name(video_path.name + ".json")
 
 
 def sidecar_prompt(video_path: Path) -> str | None:
