@@ -41,7 +41,7 @@ def main(argv=None) -> list[tuple[float, float, float, float]]:
     from cdvideo.config import RenderSettings
     from cdvideo.models import load_preset
     from cdvideo.render import Renderer, resolve_settings
-    from cdvideo.shapes.evaluate import judge_concept_clip
+    from cdvideo.shapes.judge import judge_concept_clip
 
     renderer = Renderer(load_preset(args.model), device=args.device)
     concept = load_concept(args.concept)

@@ -87,7 +87,7 @@ def test_low_vram_offloads_then_puts_everything_back(renderer):
 
 def test_example_concept_in_float16_shows_and_comes_off_bit_for_bit(renderer):
     from cdvideo.concept import load_concept
-    from cdvideo.shapes.evaluate import judge_concept_clip
+    from cdvideo.shapes.judge import judge_concept_clip
 
     before = {k: v.detach().clone() for k, v in renderer.pipeline.unet.state_dict().items()}
     concepts = [(load_concept(EXAMPLE), 1.0, str(EXAMPLE))]

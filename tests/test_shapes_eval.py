@@ -9,7 +9,7 @@ import pytest
 from conftest import EXAMPLE_CONCEPT
 
 from cdvideo.metrics import OFFLINE_METRICS, EvalContext, MetricResult, Unavailable, Video, evaluate_video, get_metric
-from cdvideo.shapes import evaluate, world
+from cdvideo.shapes import evaluate, judge, world
 
 
 def clip_of(background="white", objects=(("circle", "red", 24, 16),), motion="left", lower=None):
@@ -35,8 +35,8 @@ def test_held_out_prompts_are_distinct_test_captions_with_a_motion():
 
 def test_perfect_frames_score_one_everywhere():
     clips = [
-        evaluate.judge_clip(clip_of(motion="left"), "a big red circle moving left on a white background"),
-        evaluate.judge_clip(clip_of("black", (("square", "green", 8, 8), ("triangle", "white", 24, 8)), "down"),
+        judge.judge_clip(clip_of(motion="left"), "a big red circle moving left on a white background"),
+        judge.judge_clip(clip_of("black", (("square", "green", 8, 8), ("triangle", "white", 24, 8)), "down"),
                             "a green square and a white triangle moving down on a black background"),
     ]
     summary = evaluate.summarize(clips)
@@ -46,7 +46,7 @@ def test_perfect_frames_score_one_everywhere():
 
 
 def test_wrong_background_scores_zero_background_and_zero_both():
-    clip = evaluate.judge_clip(clip_of("white"), "a red circle moving left on a green background")
+    clip = judge.judge_clip(clip_of("white"), "a red circle moving left on a green background")
     assert (clip.background, clip.objects, clip.both, clip.motion) == (0.0, 1.0, 0.0, True)
     summary = evaluate.summarize([clip])
     assert evaluate.meets_targets(summary) == {"both": False, "background": False, "objects": True, "motion": True}
@@ -57,15 +57,15 @@ def test_both_counts_frames_where_background_and_objects_are_right_together():
     right_object = clip_of("green")  # the red circle on green
     right_background = clip_of("white", objects=())  # white, no object
     frames = np.concatenate([right_object[:4], right_background[4:]])
-    clip = evaluate.judge_clip(frames, "a red circle on a white background")
+    clip = judge.judge_clip(frames, "a red circle on a white background")
     assert (clip.background, clip.objects, clip.both) == (0.5, 0.5, 0.0)
 
 
 def test_motion_accuracy_counts_only_clips_that_ask_a_motion():
     clips = [
-        evaluate.judge_clip(clip_of(motion="left"), "a red circle moving left on a white background"),
-        evaluate.judge_clip(clip_of(motion="left"), "a red circle moving up on a white background"),
-        evaluate.judge_clip(clip_of(motion="left"), "a red circle on a white background"),  # asks none
+        judge.judge_clip(clip_of(motion="left"), "a red circle moving left on a white background"),
+        judge.judge_clip(clip_of(motion="left"), "a red circle moving up on a white background"),
+        judge.judge_clip(clip_of(motion="left"), "a red circle on a white background"),  # asks none
     ]
     assert [c.motion for c in clips] == [True, False, None]
     summary = evaluate.summarize(clips)
@@ -76,22 +76,22 @@ def test_motion_accuracy_counts_only_clips_that_ask_a_motion():
 def test_concept_clip_judges_the_concept_apart_from_the_composition():
     two_tone = clip_of("white", (("circle", "yellow", 8, 8), ("square", "red", 8, 24)), "right", lower="blue")
     prompt = "a <new1> circle and a red square moving right on a white background"
-    perfect = evaluate.judge_concept_clip(two_tone, prompt)
+    perfect = judge.judge_concept_clip(two_tone, prompt)
     assert (perfect.concept, perfect.background, perfect.others, perfect.motion, perfect.composition,
             perfect.everything) == (1.0, 1.0, 1.0, True, 1.0, 1.0)
 
     # A plain yellow circle: the composition holds, the concept does not.
-    plain = evaluate.judge_concept_clip(clip_of("white", (("circle", "yellow", 8, 8), ("square", "red", 8, 24)), "right"),
+    plain = judge.judge_concept_clip(clip_of("white", (("circle", "yellow", 8, 8), ("square", "red", 8, 24)), "right"),
                                         prompt)
     assert (plain.concept, plain.composition, plain.everything) == (0.0, 1.0, 0.0)
     # The concept on the wrong background and without the square: the concept holds, the composition does not.
-    alone = evaluate.judge_concept_clip(clip_of("black", (("circle", "yellow", 8, 16),), "right", lower="blue"), prompt)
+    alone = judge.judge_concept_clip(clip_of("black", (("circle", "yellow", 8, 16),), "right", lower="blue"), prompt)
     assert (alone.concept, alone.background, alone.others, alone.composition) == (1.0, 0.0, 0.0, 0.0)
     # A wrong motion zeroes composition and everything, whatever the frames show.
-    wrong_way = evaluate.judge_concept_clip(two_tone, prompt.replace("right", "left"))
+    wrong_way = judge.judge_concept_clip(two_tone, prompt.replace("right", "left"))
     assert (wrong_way.concept, wrong_way.motion, wrong_way.composition, wrong_way.everything) == (1.0, False, 0.0, 0.0)
     with pytest.raises(ValueError, match="no concept token"):
-        evaluate.judge_concept_clip(two_tone, "a red square on a white background")
+        judge.judge_concept_clip(two_tone, "a red square on a white background")
 
 
 def test_temporal_metrics_need_no_weights():

@@ -51,7 +51,7 @@ def test_the_vae_reconstructs_the_concept_it_never_saw(renderer):
     import numpy as np
     import torch
 
-    from cdvideo.shapes.evaluate import CONCEPT_COLOURS
+    from cdvideo.shapes.judge import CONCEPT_COLOURS
     from cdvideo.shapes.judge import judge_frame, object_matches
     from cdvideo.shapes.world import concept_scene, draw_frame
 
@@ -79,7 +79,7 @@ def test_the_example_concept_renders_the_two_tone_circle(renderer):
     import numpy as np
 
     from cdvideo.concept import load_concept
-    from cdvideo.shapes.evaluate import judge_concept_clip
+    from cdvideo.shapes.judge import judge_concept_clip
 
     path = Path(__file__).resolve().parents[1] / "examples" / "shapes-twotone-circle.safetensors"
     concepts = [(load_concept(path), 1.0, str(path))]
@@ -100,7 +100,7 @@ def test_concept_start_lets_the_example_concept_move_as_asked(renderer):
     import numpy as np
 
     from cdvideo.concept import load_concept
-    from cdvideo.shapes.evaluate import judge_concept_clip
+    from cdvideo.shapes.judge import judge_concept_clip
 
     path = Path(__file__).resolve().parents[1] / "examples" / "shapes-twotone-circle.safetensors"
     concepts = [(load_concept(path), 1.0, str(path))]

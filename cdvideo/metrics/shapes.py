@@ -12,7 +12,7 @@ LOSSY_NOTE = "read from a lossy video: small objects may be misread; render with
 
 def shapes_caption_match(video: Video, context: EvalContext) -> MetricResult:
     """Share of frames whose background and asked objects are right, read by the Shapes pixel judge (cdvideo.shapes.judge)."""
-    from cdvideo.shapes.evaluate import CONCEPT_COLOURS, judge_clip
+    from cdvideo.shapes.judge import CONCEPT_COLOURS, judge_clip
     from cdvideo.shapes.world import CONCEPT, SIZE, parse_caption
 
     if not video.prompt:

@@ -6,26 +6,24 @@
     print(summarize(clips))
 
 Rendering goes through `cdvideo.render.Renderer` (one loaded pipeline, concepts applied per call
-and taken off after), so what is scored is exactly what `cdvideo render` makes. Judging is
-`judge.score_video`; this module adds the per-frame "background and objects both right" share,
-the means over clips, and for a concept prompt ("a <new1> circle and a red square on a green
-background") the concept and the rest of the composition judged apart (`judge_concept_clip`).
+and taken off after), so what is scored is exactly what `cdvideo render` makes. Judging a clip is
+cdvideo.shapes.judge's (`judge_clip`, `judge_concept_clip`); this module renders, adds the
+weight-free temporal metrics and takes the means over clips.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from cdvideo.config import ConceptSpec, RenderSettings
-from cdvideo.shapes.judge import SeenObject, judge_video, object_matches, score_video
-from cdvideo.shapes.world import CONCEPT, NUM_FRAMES, SIZE, parse_caption, sample_scene
+# judge_concept_clip and CONCEPT_COLOURS are imported from here by scripts/shapes_personalization.py.
+from cdvideo.shapes.judge import CONCEPT_COLOURS, JudgedClip, judge_clip, judge_concept_clip  # noqa: F401
+from cdvideo.shapes.world import NUM_FRAMES, SIZE, parse_caption, sample_scene
 
 # Issue 9's targets for the trained model on held-out captions.
 TARGETS = {"both": 0.80, "background": 0.80, "objects": 0.80, "motion": 0.70}
-CONCEPT_COLOURS = (CONCEPT["upper"], CONCEPT["lower"])
 # cdvideo's metrics that need no model weights and no prompt.
 TEMPORAL_METRICS = ("temporal_flickering", "warping_error", "motion_magnitude", "dynamic_degree")
 
@@ -45,95 +43,6 @@ def held_out_prompts(n: int, seed: int = 0) -> list[str]:
     if len(prompts) < n:
         raise ValueError(f"the test split has only {len(prompts)} distinct captions, asked for {n}")
     return prompts
-
-
-@dataclass
-class JudgedClip:
-    """One rendered clip and how well it shows its prompt (shares are over its frames)."""
-
-    prompt: str
-    seed: int
-    background: float  # frames whose background is the asked colour
-    objects: float  # frames showing every asked object (shape and colour)
-    both: float  # frames with background and objects both right
-    motion: bool | None  # the first object went the asked way; None when the prompt asks no motion
-    extra_objects: float  # frames with more objects than asked
-    guidance_scale: float | None = None
-    frames: np.ndarray | None = field(default=None, repr=False)  # (f, h, w, 3) uint8, when asked for
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "frames"}
-
-
-def judge_clip(frames: np.ndarray, prompt: str, seed: int = 0, concept: tuple[str, str] | None = CONCEPT_COLOURS,
-               keep_frames: bool = False) -> JudgedClip:
-    """Score (f, h, w, 3) uint8 frames against `prompt`; a concept token's colours are `concept` (upper, lower)."""
-    request = parse_caption(prompt)
-    score = score_video(frames, request, concept)
-    # score_video gives the two shares separately; a one-frame clip per frame gives their overlap.
-    per_frame = [score_video(frame[None], request, concept) for frame in frames]
-    both = float(np.mean([s.background == 1.0 and s.objects == 1.0 for s in per_frame]))
-    return JudgedClip(prompt, seed, score.background, score.objects, both, score.motion, score.extra_objects,
-                      frames=frames if keep_frames else None)
-
-
-def _all_present(objects: list[SeenObject], wanted: list[dict], concept) -> bool:
-    """Every wanted object matched by a different seen object (as score_video matches them)."""
-    remaining = list(objects)
-    for w in wanted:
-        match = next((o for o in remaining if object_matches(o, w, concept)), None)
-        if match is None:
-            return False
-        remaining.remove(match)
-    return True
-
-
-@dataclass
-class ConceptClip:
-    """A concept prompt's clip judged in parts: is the concept there, and is the rest of the prompt (shares of frames)."""
-
-    prompt: str  # the prompt judged against, with the concept token
-    seed: int
-    concept: float  # frames showing the concept (its shape in both concept colours)
-    background: float  # frames with the asked background
-    others: float | None  # frames showing every asked non-concept object; None when none is asked
-    motion: bool | None  # the concept's shape went the asked way; None when no motion is asked
-    # Frames with the background and every non-concept object right; 0 when an asked motion is wrong.
-    composition: float
-    # Frames where the whole prompt is right (concept too); 0 when an asked motion is wrong.
-    everything: float
-    extra_objects: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def judge_concept_clip(frames: np.ndarray, prompt: str, seed: int = 0,
-                       concept: tuple[str, str] | dict[str, tuple[str, str]] = CONCEPT_COLOURS) -> ConceptClip:
-    """Judge (f, h, w, 3) uint8 frames against a prompt naming a concept token (any renderer's frames: base model too)."""
-    request = parse_caption(prompt)
-    tokens = [w for w in request.objects if w["colour"].startswith("<")]
-    others = [w for w in request.objects if not w["colour"].startswith("<")]
-    if not tokens:
-        raise ValueError(f"prompt {prompt!r} names no concept token; write e.g. 'a <new1> circle on a white background'")
-    score = score_video(frames, request, concept)
-    seen = judge_video(frames)
-    background = [request.background is None or s.background == request.background for s in seen]
-    has_concept = [_all_present(s.objects, tokens, concept) for s in seen]
-    has_others = [_all_present(s.objects, others, concept) for s in seen]
-    has_all = [_all_present(s.objects, request.objects, concept) for s in seen]
-    motion_ok = score.motion is not False
-    return ConceptClip(
-        prompt=prompt,
-        seed=seed,
-        concept=float(np.mean(has_concept)),
-        background=float(np.mean(background)),
-        others=float(np.mean(has_others)) if others else None,
-        motion=score.motion,
-        composition=float(np.mean([b and o for b, o in zip(background, has_others)])) * motion_ok,
-        everything=float(np.mean([b and a for b, a in zip(background, has_all)])) * motion_ok,
-        extra_objects=score.extra_objects,
-    )
 
 
 def temporal_metrics(frames: np.ndarray, names: Iterable[str] = TEMPORAL_METRICS) -> dict[str, float | None]:

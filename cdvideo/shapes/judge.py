@@ -5,17 +5,19 @@ colour on the border, objects are the connected regions of other colours, and a 
 comes from how much of its bounding box it fills (square ~1.0, circle ~0.79, triangle ~0.5) and
 where its centroid sits (an upright triangle's is low).
 On the generator's own frames this recovers the scene exactly; on generated frames it is the
-referee of `docs/shapes-world.md`.
+referee of `docs/shapes-world.md`. A clip is judged as a whole (`judge_clip`: per-frame shares of
+background and objects right) or, for a concept prompt ("a <new1> circle and a red square on a green
+background"), with the concept and the rest of the composition apart (`judge_concept_clip`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import cv2
 import numpy as np
 
-from cdvideo.shapes.world import COLOURS, SIZES, Request, parse_caption
+from cdvideo.shapes.world import COLOURS, CONCEPT, SIZES, Request, parse_caption
 
 _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)
@@ -160,3 +162,95 @@ def score_video(frames: np.ndarray, caption: str | Request, concept: tuple[str, 
         motion = motion_of(seen, first["shape"], colour) == request.motion
     extra = sum(len(s.objects) > len(request.objects) for s in seen) / n
     return VideoScore(background, objects_ok / n, motion, extra)
+
+
+CONCEPT_COLOURS = (CONCEPT["upper"], CONCEPT["lower"])
+
+
+@dataclass
+class JudgedClip:
+    """One rendered clip and how well it shows its prompt (shares are over its frames)."""
+
+    prompt: str
+    seed: int
+    background: float  # frames whose background is the asked colour
+    objects: float  # frames showing every asked object (shape and colour)
+    both: float  # frames with background and objects both right
+    motion: bool | None  # the first object went the asked way; None when the prompt asks no motion
+    extra_objects: float  # frames with more objects than asked
+    guidance_scale: float | None = None
+    frames: np.ndarray | None = field(default=None, repr=False)  # (f, h, w, 3) uint8, when asked for
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "frames"}
+
+
+def judge_clip(frames: np.ndarray, prompt: str, seed: int = 0, concept: tuple[str, str] | None = CONCEPT_COLOURS,
+               keep_frames: bool = False) -> JudgedClip:
+    """Score (f, h, w, 3) uint8 frames against `prompt`; a concept token's colours are `concept` (upper, lower)."""
+    request = parse_caption(prompt)
+    score = score_video(frames, request, concept)
+    # score_video gives the two shares separately; a one-frame clip per frame gives their overlap.
+    per_frame = [score_video(frame[None], request, concept) for frame in frames]
+    both = float(np.mean([s.background == 1.0 and s.objects == 1.0 for s in per_frame]))
+    return JudgedClip(prompt, seed, score.background, score.objects, both, score.motion, score.extra_objects,
+                      frames=frames if keep_frames else None)
+
+
+def all_present(objects: list[SeenObject], wanted: list[dict], concept) -> bool:
+    """Every wanted object matched by a different seen object (as score_video matches them)."""
+    remaining = list(objects)
+    for w in wanted:
+        match = next((o for o in remaining if object_matches(o, w, concept)), None)
+        if match is None:
+            return False
+        remaining.remove(match)
+    return True
+
+
+@dataclass
+class ConceptClip:
+    """A concept prompt's clip judged in parts: is the concept there, and is the rest of the prompt (shares of frames)."""
+
+    prompt: str  # the prompt judged against, with the concept token
+    seed: int
+    concept: float  # frames showing the concept (its shape in both concept colours)
+    background: float  # frames with the asked background
+    others: float | None  # frames showing every asked non-concept object; None when none is asked
+    motion: bool | None  # the concept's shape went the asked way; None when no motion is asked
+    # Frames with the background and every non-concept object right; 0 when an asked motion is wrong.
+    composition: float
+    # Frames where the whole prompt is right (concept too); 0 when an asked motion is wrong.
+    everything: float
+    extra_objects: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge_concept_clip(frames: np.ndarray, prompt: str, seed: int = 0,
+                       concept: tuple[str, str] | dict[str, tuple[str, str]] = CONCEPT_COLOURS) -> ConceptClip:
+    """Judge (f, h, w, 3) uint8 frames against a prompt naming a concept token (any renderer's frames: base model too)."""
+    request = parse_caption(prompt)
+    tokens = [w for w in request.objects if w["colour"].startswith("<")]
+    others = [w for w in request.objects if not w["colour"].startswith("<")]
+    if not tokens:
+        raise ValueError(f"prompt {prompt!r} names no concept token; write e.g. 'a <new1> circle on a white background'")
+    score = score_video(frames, request, concept)
+    seen = judge_video(frames)
+    background = [request.background is None or s.background == request.background for s in seen]
+    has_concept = [all_present(s.objects, tokens, concept) for s in seen]
+    has_others = [all_present(s.objects, others, concept) for s in seen]
+    has_all = [all_present(s.objects, request.objects, concept) for s in seen]
+    motion_ok = score.motion is not False
+    return ConceptClip(
+        prompt=prompt,
+        seed=seed,
+        concept=float(np.mean(has_concept)),
+        background=float(np.mean(background)),
+        others=float(np.mean(has_others)) if others else None,
+        motion=score.motion,
+        composition=float(np.mean([b and o for b, o in zip(background, has_others)])) * motion_ok,
+        everything=float(np.mean([b and a for b, a in zip(background, has_all)])) * motion_ok,
+        extra_objects=score.extra_objects,
+    )
