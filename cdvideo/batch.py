@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from cdvideo.config import RenderSettings
+from cdvideo.config import RANDOM_SEED, RenderSettings
 from cdvideo.errors import CdVideoError, ConfigError, OutputLockedError
 from cdvideo.files import slugify
 from cdvideo.manifest import ManifestPart, merge_manifest, remove_parts
 from cdvideo.outputs import BATCH_LOCK_NAME, check_batch_folder
-from cdvideo.prompts import RANDOM_SEED, Problems, Request, read_prompt_file
+from cdvideo.prompts import Problems, Request, read_prompt_file
 from cdvideo.sidecar import finished_render
 
 LOCK_NAME = BATCH_LOCK_NAME
@@ -73,12 +73,13 @@ def plan_batch(prompt_file: str | os.PathLike, overrides: dict[str, Any] | None 
     `overrides` are RenderSettings fields from the command line and win over the file;
     `seeds` / `concepts` replace every entry's own.
     """
-    from cdvideo.models import check_available, load_preset
+    from cdvideo.models import load_preset, locate
     from cdvideo.render import check_inputs, resolve_settings
 
     requests = read_prompt_file(prompt_file, seeds, concepts)
     problems = Problems(Path(prompt_file))
     presets: dict[str, Any] = {}  # model -> preset, or the error loading it
+    located: dict[tuple, Any] = {}  # (model, motion adapter) -> its ModelFiles, worked out once
     available: dict[tuple, str | None] = {}  # (model, motion adapter) -> why it cannot be had
     items = []
     for index, request in enumerate(requests):
@@ -102,28 +103,29 @@ def plan_batch(prompt_file: str | os.PathLike, overrides: dict[str, Any] | None 
             error = error or f"model {settings.model}: {preset}"
         else:
             settings = resolve_settings(settings, preset)
+            key = (settings.model, settings.motion_adapter)
+            files = located.setdefault(key, locate(preset, settings.motion_adapter))
             try:
-                check_inputs(settings, preset)
+                check_inputs(settings, files)
             except ConfigError as failure:  # the file asks for something impossible: fix the file
                 problems.add(request.source, str(failure))
                 continue
             except CdVideoError as failure:  # a missing concept, LoRA or motion file: this item only
                 error = error or str(failure)
-            key = (settings.model, settings.motion_adapter)
             if key not in available:
                 try:
-                    check_available(preset, settings.motion_adapter)
+                    files.check_available()
                     available[key] = None
                 except CdVideoError as failure:
                     available[key] = str(failure)
-            error = error or available[key] or _memory_problem(settings, preset)
+            error = error or available[key] or _memory_problem(settings, files)
         name = item_name(index, request, settings.seed, random_seed)
         items.append(BatchItem(index, request.source, settings, name, random_seed, error))
     problems.raise_if_any()
     return items
 
 
-def _memory_problem(settings: RenderSettings, preset) -> str | None:
+def _memory_problem(settings: RenderSettings, files) -> str | None:
     """render's peak-memory check, per item and before any model loads: an item that cannot fit fails
     alone (in its row), instead of loading the model to die of it."""
     from cdvideo.memory import NotEnoughMemoryError, check_memory
@@ -131,7 +133,7 @@ def _memory_problem(settings: RenderSettings, preset) -> str | None:
 
     device = resolve_device(settings.device)
     try:
-        check_memory(settings, preset, device, resolve_dtype(settings.dtype, device))
+        check_memory(settings, files, device, resolve_dtype(settings.dtype, device))
     except NotEnoughMemoryError as failure:
         return str(failure)
     return None

@@ -22,6 +22,8 @@ from cdvideo.errors import ConfigError, InputFileError
 T = TypeVar("T")
 
 DEFAULT_MODEL = "sd15-animatediff-v2"
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
+RANDOM_SEED = -1  # AnimateDiff's spelling of "draw a seed" in prompt files; the drawn seed is recorded
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -41,6 +43,15 @@ def quote(value: Any) -> str:
         return f"a {type(value).__name__} of {len(value)} items"
     text = repr(value)
     return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
+
+
+def check_seed(seed: Any, where: str, random_allowed: bool = False) -> int:
+    """A seed torch.Generator.manual_seed takes (any 64-bit value); with `random_allowed`, also RANDOM_SEED."""
+    if (isinstance(seed, bool) or not isinstance(seed, int)
+            or not (0 <= seed <= MAX_SEED or (random_allowed and seed == RANDOM_SEED))):
+        also = " or -1 (random)" if random_allowed else ""
+        raise ConfigError(f"{where}: a seed is an integer in [0, 2**64){also}, got {quote(seed)}")
+    return seed
 
 
 def _expected(hint: Any) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 from cdvideo.errors import ConfigError
+from cdvideo.hub import local_file
+from cdvideo.models.sources import ModelFiles, adapter_location
 
 # Calibrated on CPU, float32, SD 1.5 + AnimateDiff v2 at real size (docs/performance.md).
 PROCESS_OVERHEAD_BYTES = 450 * 2**20  # python, torch, diffusers and the allocator's slack (CPU only)
@@ -43,13 +45,11 @@ class NotEnoughMemoryError(ConfigError):
 
 
 def _config(source: str, subfolder: str) -> dict | None:
-    from cdvideo.models import _adapter_location, _local_file
-
     if subfolder == "motion_adapter":
-        location, sub = _adapter_location(source)
-        path = _local_file(location, f"{sub}/config.json" if sub else "config.json")
+        location, sub = adapter_location(source)
+        path = local_file(location, f"{sub}/config.json" if sub else "config.json")
     else:
-        path = _local_file(source, f"{subfolder}/config.json")
+        path = local_file(source, f"{subfolder}/config.json")
     return json.loads(path.read_text()) if path is not None else None
 
 
@@ -73,19 +73,11 @@ def _count(kind: str, config_json: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_counts(preset, motion_adapter: str | None = None) -> dict[str, int] | None:
+def parameter_counts(files: ModelFiles) -> dict[str, int] | None:
     """Parameters per component from local config.json files; None when a config is not local (hub, single file)."""
-    from cdvideo.models import _is_weight_file, resolve_motion, resolve_source
-
-    base = resolve_source(preset.base)
-    if _is_weight_file(base):
-        from cdvideo.models import _single_file_config
-
-        base = resolve_source(_single_file_config(preset))
-    adapter = resolve_source(resolve_motion(motion_adapter or preset.motion_adapter))
     counts = {}
     for kind in COMPONENTS:
-        source = adapter if kind == "motion_adapter" else base
+        source = files.adapter if kind == "motion_adapter" else files.configs
         from_header = _count_from_header(source, kind)
         if from_header is not None:
             counts[kind] = from_header
@@ -102,11 +94,9 @@ def _count_from_header(source: str, kind: str) -> int | None:
     where building even a meta model takes seconds at SD size); None when there is no such file."""
     from safetensors import safe_open
 
-    from cdvideo.models import _adapter_location, _local_file
-
-    location, sub = _adapter_location(source) if kind == "motion_adapter" else (source, kind)
+    location, sub = adapter_location(source) if kind == "motion_adapter" else (source, kind)
     name = "model.safetensors" if kind == "text_encoder" else "diffusion_pytorch_model.safetensors"
-    path = _local_file(location, f"{sub}/{name}" if sub else name)
+    path = local_file(location, f"{sub}/{name}" if sub else name)
     if path is None:
         return None
     total = 0
@@ -179,15 +169,13 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def check_memory(settings, preset, device: str, dtype) -> str | None:
+def check_memory(settings, files: ModelFiles, device: str, dtype) -> str | None:
     """One line with the estimate; raises when it exceeds free memory (naming --low-vram). None if unknown."""
-    from cdvideo.models import vae_scale_factor
-
-    counts = parameter_counts(preset, settings.motion_adapter)
+    counts = parameter_counts(files)
     if counts is None:
         return None
     args = (counts, device, dtype, settings.height, settings.width, settings.num_frames)
-    options = dict(context_length=settings.context_length, vae_factor=vae_scale_factor(preset))
+    options = dict(context_length=settings.context_length, vae_factor=files.vae_factor)
     estimate = estimate_peak_bytes(*args, low_vram=settings.low_vram, **options)
     low = estimate_peak_bytes(*args, low_vram=True, **options)
     free = available_bytes(device)

@@ -19,22 +19,14 @@ motion LoRAs off restores every weight bit for bit, and strength 0 touches nothi
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from cdvideo.config import MotionLoraSpec
 from cdvideo.errors import ConfigError, InjectionError, InputFileError, ModelNotAvailableError, WrongFileKindError
+from cdvideo.formats.lora import lora_factor
 
-# Factor names, after the module path: group 1 is the projection (processor style) or None.
-_PROCESSOR = re.compile(r"^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
-_LAYER = [
-    (re.compile(r"^(.+)\.lora\.(down|up)\.weight$"), None),
-    (re.compile(r"^(.+)\.lora_linear_layer\.(down|up)\.weight$"), None),
-    (re.compile(r"^(.+)\.lora_A(?:\.default)?\.weight$"), "down"),
-    (re.compile(r"^(.+)\.lora_B(?:\.default)?\.weight$"), "up"),
-]
 _ORIGINAL_RENAMES = (
     (".temporal_transformer", ""),
     (".attention_blocks.0", ".attn1"),
@@ -47,7 +39,8 @@ def resolve_motion_lora(spec: str) -> str:
     """A motion LoRA file path from a path or a registry name (its file in motion_modules/, or the hub cache)."""
     if Path(spec).is_file():
         return spec
-    from cdvideo.models import _local_file, motion_modules_dir, motion_registry
+    from cdvideo.hub import local_file
+    from cdvideo.models import motion_modules_dir, motion_registry
 
     entry = motion_registry().get(spec)
     if entry is None:
@@ -57,7 +50,7 @@ def resolve_motion_lora(spec: str) -> str:
     local = motion_modules_dir() / entry.original_file
     if entry.original_file and local.is_file():
         return str(local)
-    cached = _local_file(entry.hub_id, HUB_FILE) if entry.hub_id else None
+    cached = local_file(entry.hub_id, HUB_FILE) if entry.hub_id else None
     if cached is not None:
         return str(cached)
     raise ModelNotAvailableError(
@@ -71,15 +64,7 @@ def _module_and_factor(key: str) -> tuple[str, str] | None:
     key = key.removeprefix("unet.")
     for old, new in _ORIGINAL_RENAMES:
         key = key.replace(old, new)
-    if match := _PROCESSOR.match(key):
-        projection = "to_out.0" if match[2] == "to_out" else match[2]
-        return f"{match[1]}.{projection}", match[3]
-    if key.endswith(".alpha"):
-        return key.removesuffix(".alpha"), "alpha"
-    for pattern, factor in _LAYER:
-        if match := pattern.match(key):
-            return match[1], factor or match[2]
-    return None
+    return lora_factor(key)
 
 
 def read_motion_lora(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdvideo.config import ConceptSpec, RenderSettings, check_nesting, convert_value, quote, read_text, read_yaml
+from cdvideo.config import (RANDOM_SEED, ConceptSpec, RenderSettings, check_nesting, check_seed, convert_value, quote,
+                            read_text, read_yaml)
 from cdvideo.errors import ConfigError, InputFileError
 
-RANDOM_SEED = -1  # AnimateDiff's spelling of "draw a seed"; the drawn seed is recorded
-MAX_SEED = 2**64 - 1
 # Keys a cdvideo prompt entry may have: every RenderSettings field, and a name for the output file.
 ENTRY_EXTRA_KEYS = ("name",)
 
@@ -98,14 +97,8 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ConfigError("--seeds is empty: give integers such as 1,2,3")
     for seed in seeds:
-        _check_seed(seed, "--seeds")
+        check_seed(seed, "--seeds", random_allowed=True)
     return seeds
-
-
-def _check_seed(seed: Any, where: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (seed == RANDOM_SEED or 0 <= seed <= MAX_SEED):
-        raise ConfigError(f"{where}: a seed is an integer in [0, 2**64) or -1 (random), got {quote(seed)}")
-    return seed
 
 
 def parse_concepts(value: Any, base_dir: Path) -> list[list[ConceptSpec]]:
@@ -202,7 +195,7 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     prompts = _as_list(fields.pop("prompt", None), "prompt", str)
     if seeds is None:
         raw = fields.pop("seed", None)
-        seeds = [RANDOM_SEED] if raw is None else [_check_seed(s, "field 'seed'") for s in _as_list(raw, "seed", int)]
+        seeds = [RANDOM_SEED] if raw is None else [check_seed(s, "field 'seed'", random_allowed=True) for s in _as_list(raw, "seed", int)]
     else:
         fields.pop("seed", None)
     try:
@@ -365,7 +358,7 @@ def _animatediff_entry(entry: dict, where: str, base_dir: Path, seeds, concepts)
         negatives = negatives * len(prompts)
     if len(negatives) != len(prompts):
         raise ConfigError(f"field 'n_prompt': {len(negatives)} negative prompts for {len(prompts)} prompts (give 1 or one each)")
-    entry_seeds = [_check_seed(s, "field 'seed'") for s in _as_list(entry.get("seed", RANDOM_SEED), "seed", int)]
+    entry_seeds = [check_seed(s, "field 'seed'", random_allowed=True) for s in _as_list(entry.get("seed", RANDOM_SEED), "seed", int)]
     if len(entry_seeds) == 1:
         entry_seeds = entry_seeds * len(prompts)
     if len(entry_seeds) != len(prompts):

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from cdvideo.concept import Concept, load_concept
-from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings
-from cdvideo.distilled import preset_lora_specs
+from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings, check_seed
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.files import atomic_path
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
@@ -35,13 +34,11 @@ from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_
 from cdvideo.guidance import guidance_rescale_applied
 from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_uint8
 from cdvideo.memory import check_memory, low_vram_applied
-from cdvideo.models import (SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelPreset, check_available, load_preset,
-                            motion_max_frames, vae_scale_factor)
+from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPreset, load_preset, locate, preset_lora_specs
 from cdvideo.outputs import check_output
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
 
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any 64-bit value
 
 
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
@@ -67,11 +64,15 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
     return resolve_long_video(resolved)
 
 
-def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.PathLike | None = None) -> None:
-    """Validate resolved settings before any model is loaded; each message names the setting."""
+def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out: str | os.PathLike | None = None) -> None:
+    """Validate resolved settings before any model is loaded; each message names the setting.
+
+    `model`: the request's located files (`locate(preset, settings.motion_adapter)`), or its preset."""
+    files = model if isinstance(model, ModelFiles) else locate(model, settings.motion_adapter)
+    preset = files.preset
     if not settings.prompt or not settings.prompt.strip():
         raise ConfigError("prompt is empty: pass --prompt \"a <new1> dog running on the beach\"")
-    factor = vae_scale_factor(preset)
+    factor = files.vae_factor
     # diffusers' AnimateDiff pipeline refuses sizes that are not multiples of 8, whatever the VAE.
     multiple = max(factor, SD_VAE_SCALE_FACTOR)
     why = f"latents are 1/{factor} of the frame" + ("" if factor == multiple else "; diffusers asks for multiples of 8")
@@ -82,10 +83,9 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
     if preset.allowed_steps and settings.steps not in preset.allowed_steps:
         raise ConfigError(f"steps must be one of {', '.join(map(str, preset.allowed_steps))} for the {preset.name} "
                           f"preset (a distilled sampler), got {settings.steps}")
-    limit = motion_max_frames(preset, settings.motion_adapter)
     if settings.num_frames < 1:  # more than the motion module takes turns windows on (cdvideo.long_video)
         raise ConfigError(f"num_frames must be at least 1, got {settings.num_frames}")
-    check_long_video(settings, limit)
+    check_long_video(settings, files.max_frames)
     if settings.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {settings.steps}")
     # NaN passes every comparison below, and an infinite guidance renders black: refuse both by name.
@@ -109,8 +109,7 @@ def check_inputs(settings: RenderSettings, preset: ModelPreset, out: str | os.Pa
         raise ConfigError(f"guidance_rescale must be between 0 and 1 (0.7 is Lin et al.'s), got {settings.guidance_rescale}")
     if settings.fps <= 0:
         raise ConfigError(f"fps must be positive, got {settings.fps}")
-    if not 0 <= settings.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be an integer in [0, 2**64), got {settings.seed}")
+    check_seed(settings.seed, "seed")
     if settings.scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {settings.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     if settings.device not in DEVICES and not settings.device.startswith("cuda:"):
@@ -241,8 +240,9 @@ class Renderer:
     """Holds one loaded pipeline and renders requests with it; concepts are applied per render."""
 
     def __init__(self, preset: ModelPreset, device: str = "auto", dtype: str = "auto",
-                 motion_adapter: str | None = None, pipeline=None):
-        """Load the preset's pipeline, or wrap `pipeline` if one is given (already on `device`)."""
+                 motion_adapter: str | None = None, pipeline=None, files: ModelFiles | None = None):
+        """Load the preset's pipeline, or wrap `pipeline` if one is given (already on `device`).
+        `files`: the request's `locate(preset, motion_adapter)`, when it was already made."""
         from cdvideo.models import load_pipeline, resolve_device, resolve_dtype
 
         self.preset = preset
@@ -250,7 +250,7 @@ class Renderer:
         self.dtype = resolve_dtype(dtype, self.device)
         self.motion_adapter = motion_adapter
         self.pipeline = pipeline or load_pipeline(
-            preset, device=self.device, dtype=self.dtype, motion_adapter=motion_adapter
+            preset, device=self.device, dtype=self.dtype, motion_adapter=motion_adapter, files=files
         )
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
@@ -318,7 +318,7 @@ class RenderRequest:
     """One render, checked and read before any model loads: resolved settings, where it goes, its files."""
 
     settings: RenderSettings
-    preset: ModelPreset
+    files: ModelFiles  # the preset and motion module, located once for the whole request
     out: Path
     format: str
     concepts: list[tuple[Any, float, str]]  # (Concept or a foreign file's ConceptSource, strength, path)
@@ -331,13 +331,14 @@ def prepare_render(settings: RenderSettings, out: str | os.PathLike, preset: Mod
     is found here, before a model is loaded. `preset`: the loaded renderer's (else `settings.model`'s)."""
     preset = preset or load_preset(settings.model)
     settings = resolve_settings(settings, preset)
-    check_inputs(settings, preset, out)
+    files = locate(preset, settings.motion_adapter)
+    check_inputs(settings, files, out)
     concepts = load_concepts(settings.concepts)
     messages = prompt_warnings(settings.prompt, concepts)
-    note = window_note(settings, motion_max_frames(preset, settings.motion_adapter))
+    note = window_note(settings, files.max_frames)
     messages += [note] if note else []
-    check_available(preset, settings.motion_adapter)
-    return RenderRequest(settings, preset, Path(out), settings.format or format_from_path(out), concepts,
+    files.check_available()
+    return RenderRequest(settings, files, Path(out), settings.format or format_from_path(out), concepts,
                          load_loras(settings.loras), messages)
 
 
@@ -354,7 +355,7 @@ def write_render(request: RenderRequest, frames: np.ndarray, renderer: Renderer,
         encode_video(frames, video_tmp, fps=settings.fps, format=request.format, quality=settings.quality)
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - started
-        record = sidecar_record(video_name=video.name, settings=settings, preset=request.preset, concepts=concepts,
+        record = sidecar_record(video_name=video.name, settings=settings, preset=request.files.preset, concepts=concepts,
                                 loras=request.loras, device=renderer.device, dtype=renderer.dtype, frames=frames,
                                 timings=timings)
         write_sidecar(record, sidecar_tmp)
@@ -377,13 +378,14 @@ def render_to_file(settings: RenderSettings, out: str | os.PathLike, renderer: R
         from cdvideo.models import resolve_device, resolve_dtype
 
         device = resolve_device(settings.device)
-        estimate = check_memory(settings, request.preset, device, resolve_dtype(settings.dtype, device))
+        estimate = check_memory(settings, request.files, device, resolve_dtype(settings.dtype, device))
 
     # 2. Load the model.
     timings: dict[str, float] = {}
     if renderer is None:
         t = time.perf_counter()
-        renderer = Renderer(request.preset, settings.device, settings.dtype, settings.motion_adapter)
+        renderer = Renderer(request.files.preset, settings.device, settings.dtype, settings.motion_adapter,
+                            files=request.files)
         timings["load_s"] = time.perf_counter() - t
     # Foreign files -> deltas against the loaded base, once, before any LoRA is merged.
     request.concepts = renderer.resolve_concepts(request.concepts)

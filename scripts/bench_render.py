@@ -48,7 +48,7 @@ def build_narrow_sd15(path: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cdvideo.tiny import build_tokenizer, save_model_dir
+    from cdvideo.models.tiny import build_tokenizer, save_model_dir
 
     channels = (32, 64, 128, 128)  # SD 1.5: (320, 640, 1280, 1280)
     tokenizer = build_tokenizer()

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
-from cdvideo.tiny import build_tiny_components
+from cdvideo.models.tiny import build_tiny_components
 
 
 def make_tiny_concept(seed: int) -> Concept:

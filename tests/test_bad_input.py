@@ -346,7 +346,7 @@ def no_training_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before validation finished")
 
-    monkeypatch.setattr(cdvideo.models, "_load_base_components", refuse)
+    monkeypatch.setattr(cdvideo.models.loading, "_load_base_components", refuse)
     monkeypatch.setattr(cdvideo.models, "load_pipeline", refuse)
 
 

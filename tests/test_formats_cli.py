@@ -16,7 +16,7 @@ RENDER = ["render", "--model", "tiny", "--num-frames", "2", "--height", "32", "-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("foreign")
     model_dir = ensure_tiny_model()

@@ -37,7 +37,7 @@ def settings():
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 

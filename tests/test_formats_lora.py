@@ -20,7 +20,7 @@ def settings(prompt="a <new1> dog running"):
 
 @pytest.fixture(scope="module")
 def lora_files(tmp_path_factory):
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("lora")
     (root / "peft").mkdir()

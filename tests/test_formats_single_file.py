@@ -57,7 +57,7 @@ def tiny_single_files(tmp_path_factory):
     """The tiny model as one LDM state dict, written as .safetensors and as an LDM-style .ckpt."""
     from safetensors.torch import save_file
 
-    from cdvideo.tiny import build_tiny_components
+    from cdvideo.models.tiny import build_tiny_components
     from ldm_writer import check_round_trip, to_ldm
 
     components = build_tiny_components()
@@ -80,7 +80,7 @@ def frames(folder):
 @pytest.fixture(scope="module")
 def directory_frames(tmp_path_factory):
     """The reference: the same render from the tiny model's diffusers directory."""
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     out = tmp_path_factory.mktemp("directory") / "frames"
     assert main(RENDER + ["--model", str(ensure_tiny_model()), "--motion", "builtin:tiny", "--out", str(out)]) == 0
@@ -127,7 +127,7 @@ def test_weights_come_from_the_file_not_the_config_directory(tiny_single_files, 
     from safetensors.torch import save_file
 
     from cdvideo.formats.single_file import load_single_file
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     changed = dict(tiny_single_files["checkpoint"])
     names = {  # component: (LDM name, diffusers name) of one weight each
@@ -150,7 +150,7 @@ def test_ckpt_with_preset_single_file_config_renders_like_the_model_directory(ti
                                                                               tmp_path):
     """A preset naming a .ckpt base and a local configs directory (`single_file_config`)."""
     from cdvideo.models import load_preset, missing_weights, presets_dir
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     preset_file = tmp_path / "dreambooth.yaml"
     preset_file.write_text((presets_dir() / "tiny.yaml").read_text()

@@ -17,7 +17,7 @@ def sd_pipeline():
     """The tiny model as diffusers' 2D StableDiffusionPipeline, which implements guidance_rescale itself."""
     from diffusers import StableDiffusionPipeline
 
-    from cdvideo.tiny import ensure_tiny_model
+    from cdvideo.models.tiny import ensure_tiny_model
 
     pipe = StableDiffusionPipeline.from_pretrained(ensure_tiny_model(), safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)

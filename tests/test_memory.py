@@ -13,9 +13,9 @@ SMALL = dict(prompt="a dog running", seed=3, num_frames=8, height=48, width=64, 
 
 @pytest.fixture(scope="module")
 def counts():
-    from cdvideo.models import load_preset
+    from cdvideo.models import load_preset, locate
 
-    return memory.parameter_counts(load_preset("tiny"))
+    return memory.parameter_counts(locate(load_preset("tiny")))
 
 
 def test_estimate_positive_grows_with_frames_and_size_low_vram_not_larger(counts):

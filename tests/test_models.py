@@ -8,7 +8,7 @@ from cdvideo.config import RenderSettings
 from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.models import list_presets, load_preset
 from cdvideo.render import render_frames
-from cdvideo.tiny import tiny_model_dir
+from cdvideo.models.tiny import tiny_model_dir
 from conftest import plain_diffusers_frames
 
 REQUEST = RenderSettings(prompt="a dog running", negative_prompt="bad quality", num_frames=4, height=32, width=32,
@@ -57,7 +57,7 @@ def test_directory_that_is_not_a_model_is_refused(tmp_path):
 
 
 def test_tiny_build_is_deterministic():
-    from cdvideo.tiny import build_tiny_components
+    from cdvideo.models.tiny import build_tiny_components
 
     first, second = build_tiny_components(), build_tiny_components()
     for name in ("unet", "motion_adapter", "vae", "text_encoder"):

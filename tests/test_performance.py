@@ -2,7 +2,7 @@
 
 import torch
 
-from cdvideo.tiny import build_tiny_components
+from cdvideo.models.tiny import build_tiny_components
 
 
 def test_motion_unet_shares_tensors_and_equals_diffusers_conversion():

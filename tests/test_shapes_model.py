@@ -10,7 +10,7 @@ from cdvideo.concept import save_concept
 from cdvideo.config import RenderSettings
 from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.export import read_video
-from cdvideo.models import check_available, load_preset, missing_weights, resolve_source, vae_scale_factor
+from cdvideo.models import check_available, load_preset, locate, missing_weights, resolve_source, vae_scale_factor
 from cdvideo.render import Renderer, check_inputs, resolve_settings
 from cdvideo.shapes import model as shapes_model
 from conftest import load_script, make_concept, plain_diffusers_frames
@@ -158,7 +158,7 @@ def test_memory_estimate_counts_latents_at_the_vaes_factor(shapes_preset):
 
     from cdvideo import memory
 
-    counts = memory.parameter_counts(shapes_preset)
+    counts = memory.parameter_counts(locate(shapes_preset))
     assert sum(counts.values()) < 10e6  # from the shipped safetensors headers
     # --low-vram decodes one frame at a time, so the UNet's activations set the peak; a factor-4 VAE's
     # latents hold 4x the pixels of SD's at the same frame size.
@@ -166,7 +166,7 @@ def test_memory_estimate_counts_latents_at_the_vaes_factor(shapes_preset):
     weights_and_overhead = sum(counts.values()) * 4 + memory.PROCESS_OVERHEAD_BYTES
     sd_like = memory.estimate_peak_bytes(*args, vae_factor=8) - weights_and_overhead
     assert memory.estimate_peak_bytes(*args, vae_factor=4) - weights_and_overhead == 4 * sd_like
-    line = memory.check_memory(settings(shapes_preset), shapes_preset, "cpu", torch.float32)
+    line = memory.check_memory(settings(shapes_preset), locate(shapes_preset), "cpu", torch.float32)
     assert line.startswith("peak memory estimate: 0.5 GiB on cpu")
 
 

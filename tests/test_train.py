@@ -232,7 +232,7 @@ def test_eos_pooling_picks_end_of_text_even_with_legacy_config():
     """SD 1.5's config says eos_token_id 2: transformers then pools at the largest id, i.e. <new1>."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cdvideo.tiny import TEXT_ENCODER_CONFIG, build_tokenizer
+    from cdvideo.models.tiny import TEXT_ENCODER_CONFIG, build_tokenizer
     from cdvideo.train.losses import eos_positions, text_features
 
     tokenizer = build_tokenizer()

@@ -18,7 +18,7 @@ def collect() -> dict:
 
     from cdvideo.models import list_presets, load_preset, missing_weights
     from cdvideo.sidecar import library_versions
-    from cdvideo.tiny import cache_dir
+    from cdvideo.models.tiny import cache_dir
 
     devices = ["cpu"]
     if torch.cuda.is_available():

@@ -37,9 +37,9 @@ def add_parser(subparsers) -> None:
 
 
 def _cached(hub_id: str) -> bool:
-    from cdvideo.models import _local_file
+    from cdvideo.hub import local_file
 
-    return bool(hub_id) and _local_file(hub_id, "config.json") is not None
+    return bool(hub_id) and local_file(hub_id, "config.json") is not None
 
 
 def inventory() -> list[dict]:

@@ -179,3 +179,32 @@ def convert_motion_checkpoint(path: str | os.PathLike, out: str | os.PathLike, o
     with atomic_path(out, directory=True) as tmp:
         adapter.save_pretrained(tmp)
     return Path(out)
+
+
+def is_diffusers_adapter_file(path: str | os.PathLike) -> bool:
+    """A single file holding a MotionAdapter's state dict in diffusers names (not an original AnimateDiff file)."""
+    from cdvideo.formats.safe_load import SAFETENSORS, container_format, safetensors_keys
+
+    if container_format(path) != SAFETENSORS:
+        return False
+    keys = safetensors_keys(path)
+    return any(".motion_modules." in k for k in keys) and not any(
+        "temporal_transformer" in k or "pos_encoder" in k or "lora" in k for k in keys
+    )
+
+
+def diffusers_adapter_from_file(path: str | os.PathLike, dtype=None):
+    """A default-shaped MotionAdapter (SD 1.5 channels, 32 frames) holding a diffusers-named state dict; every weight must land."""
+    from diffusers import MotionAdapter
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    adapter = MotionAdapter(use_motion_mid_block=any(k.startswith("mid_block.") for k in state))
+    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(".pos_embed.pe")]
+    if missing or unexpected:
+        raise WrongFileKindError(
+            f"{path}: {len(missing)} missing and {len(unexpected)} unexpected weights for an SD 1.5 MotionAdapter "
+            f"({', '.join((missing + unexpected)[:4])})"
+        )
+    return (adapter.to(dtype) if dtype is not None else adapter).eval()

@@ -118,15 +118,24 @@ def _parse_key(key: str, source: str) -> tuple[str, str, str]:
     component, _, rest = key.partition(".")
     if component not in COMPONENTS:
         component, rest = "unet", key  # unet-only files saved without a prefix
-    if match := _PROCESSOR.match(rest):
+    parsed = lora_factor(rest)
+    if parsed is None:
+        raise ConfigError(f"{source}: unexpected tensor {key!r} in a LoRA file")
+    return component, *parsed
+
+
+def lora_factor(name: str) -> tuple[str, str] | None:
+    """(module path, 'down'|'up'|'alpha') for one dotted LoRA tensor name (peft, diffusers, attention-processor
+    style), or None if it is no LoRA tensor. Shared by spatial LoRAs and motion LoRAs (cdvideo.motion_lora)."""
+    if match := _PROCESSOR.match(name):
         projection = "to_out.0" if match[2] == "to_out" else match[2]
-        return component, f"{match[1]}.{projection}", match[3]
-    if rest.endswith(".alpha"):
-        return component, rest.removesuffix(".alpha"), "alpha"
+        return f"{match[1]}.{projection}", match[3]
+    if name.endswith(".alpha"):
+        return name.removesuffix(".alpha"), "alpha"
     for pattern, part in _DOTTED:
-        if match := pattern.match(rest):
-            return component, match[1], part
-    raise ConfigError(f"{source}: unexpected tensor {key!r} in a LoRA file")
+        if match := pattern.match(name):
+            return match[1], part
+    return None
 
 
 def _module_name(name: str, component: str, kohya: bool, modules: dict, underscored: dict) -> str | None:

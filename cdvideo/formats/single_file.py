@@ -46,11 +46,11 @@ def _use_hint(kind: str) -> str:
 
 def sd15_config_dir(base: str) -> Path:
     """A local diffusers SD 1.5 directory whose configs and tokenizer fit single files: `base` if local or cached."""
-    from cdvideo.models import _local_file
+    from cdvideo.hub import local_file
 
     if Path(base).is_dir() and (Path(base) / "model_index.json").is_file():
         return Path(base)
-    found = _local_file(base, "model_index.json")
+    found = local_file(base, "model_index.json")
     if found is None:
         raise ModelNotAvailableError(SD15_CONFIG_HINT)
     return found.parent

@@ -67,7 +67,7 @@ ZERO_SNR = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", tim
 
 
 def build_tokenizer():
-    from cdvideo.tiny import build_tokenizer as build
+    from cdvideo.models.tiny import build_tokenizer as build
 
     return build(WORDS, model_max_length=MAX_TOKENS)
 
@@ -79,15 +79,9 @@ def build_vae():
 
 
 def build_text_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from cdvideo.models.tiny import build_text_encoder as build
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **TEXT_ENCODER_CONFIG,
-    ))
+    return build(tokenizer, TEXT_ENCODER_CONFIG)
 
 
 def build_unet():

@@ -112,11 +112,23 @@ def build_tokenizer(words=_WORDS, model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
+def build_text_encoder(tokenizer, config: dict):
+    """A CLIP text model of `config`'s size over the tokenizer's vocabulary and special tokens (tiny and Shapes)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config,
+    ))
+
+
 def build_tiny_components(seed: int = TINY_SEED) -> dict:
     """Build the tiny components from configs, seeded, without touching the global RNG state."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -124,15 +136,7 @@ def build_tiny_components(seed: int = TINY_SEED) -> dict:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         motion_adapter = MotionAdapter(**MOTION_ADAPTER_CONFIG)
         vae = AutoencoderKL(**VAE_CONFIG)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **TEXT_ENCODER_CONFIG,
-            )
-        )
+        text_encoder = build_text_encoder(tokenizer, TEXT_ENCODER_CONFIG)
     return dict(
         unet=unet,
         motion_adapter=motion_adapter,
