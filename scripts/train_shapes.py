@@ -12,22 +12,19 @@
     python scripts/train_shapes.py export    --work runs/shapes [--to cdvideo/shapes/model]
 
 That chain makes the shipped weights: the VAE from `decoder`, the text encoder, UNet and motion
-modules from `contrast4` (zero-terminal-SNR schedule, v-prediction). The other stages are earlier
-attempts to make the motion follow the words, kept so they can be rerun (docs/shapes-world.md gives
-their numbers): `words` (cross-attention and text encoder at full rate on clips), `motion2` (the
-motion stage again after `start`), `zsnr` (zero SNR alone), `direct` (contrast4's recipe in one stage
-from `base`: 60 min, a chain inside 3 h, but its motion words stay merged); `export --motion-stage STAGE` exports
-one of them instead (`motion` is the first shipped model: it ignores its motion words).
+modules from `contrast4` (zero-terminal-SNR schedule, v-prediction). `export --motion-stage STAGE`
+exports an earlier stage of the chain instead (`motion` is the first shipped model: it ignores its
+motion words). Stages tried and dropped on the way (`words`, `motion2`, `zsnr`, `direct`) and what
+they measured are in docs/shapes-world.md ("Stages tried and dropped").
 
 The default step counts are the shipped weights' (base and motion were stopped by `--minutes`
 there); `--steps N` trains on to N, `--minutes M` stops resumably after M minutes.
 
 Each stage keeps `WORK/<stage>/state.pt` (tensors and numbers only, read with weights_only=True)
 every `--save-every` steps and when `--minutes` run out; running the same command again goes on
-from there. Batch k is drawn from a generator seeded with (seed, stage, k), so a resumed run sees
+from there. Batch k is drawn from a generator seeded with (seed, stage id, k), so a resumed run sees
 the same data as an uninterrupted one. The README and docs/shapes-world.md give the wall times.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -47,11 +44,12 @@ from cdvideo.shapes import model as shapes_model
 from cdvideo.shapes.world import (COLOURS, CONCEPT, MOTIONS, NUM_FRAMES, draw_clip, draw_frame, sample_scene,
                                   with_motion, with_opposite_motion)
 
-STAGES = ("vae", "base", "motion", "decoder", "words", "start", "motion2", "zsnr", "contrast", "contrast2", "contrast3", "contrast4",
-          "direct")
-STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
-ZERO_SNR_STAGES = ("zsnr", "contrast", "contrast2", "contrast3", "contrast4", "direct")  # trained (and sampled) with the zero-terminal-SNR schedule
-MOTION_STAGES = ("motion", "words", "motion2") + ZERO_SNR_STAGES  # stages an export can ship
+# Each stage's id seeds its data and noise. The ids are those the shipped weights were trained with:
+# the gaps are the dropped stages' (docs/shapes-world.md), so that every stage sees the same batches.
+STAGE_IDS = dict(vae=0, base=1, motion=2, decoder=3, start=5, contrast=8, contrast2=9, contrast3=10, contrast4=11)
+STAGES = tuple(STAGE_IDS)
+ZERO_SNR_STAGES = ("contrast", "contrast2", "contrast3", "contrast4")  # trained (and sampled) with the zero-terminal-SNR schedule
+MOTION_STAGES = ("motion",) + ZERO_SNR_STAGES  # stages an export can ship
 OFFSET_NOISE = 0.1  # per-channel noise offset: lets the model reach flat dark/bright backgrounds
 CAPTION_DROPOUT = 0.1  # empty captions, for classifier-free guidance
 EMA_DECAY = 0.999
@@ -369,31 +367,6 @@ def train_motion(args) -> None:
     train_on_clips(args, "motion", tokenizer, text_encoder, unet, params)
 
 
-def train_words(args) -> None:
-    """Go on from the motion stage with the text path at full rate, so motion words steer the motion.
-
-    AnimateDiff's motion modules attend over frames only and never see the text: "moving left" can
-    reach them only through the spatial cross-attention's output. The base stage trained that on
-    single frames, where motion words mean nothing, so it learned to ignore them; after the motion
-    stage the direction still followed the seed, not the words. Here cross-attention (attn2) and the
-    text encoder train at the motion modules' rate, the rest of the spatial UNet at a tenth.
-
-    The words cost nothing to ignore under the plain epsilon loss: the direction is decided in the
-    noisiest steps, and from t ~ 300 on the noisy clip itself shows which way its object goes. After
-    1000 steps of this stage with that loss, the loss with the right and the opposite motion words was
-    equal to 4 decimals at every noise level. So this stage weighs samples as v-prediction does
-    (weighting "v"), which makes the noisiest steps count.
-    """
-    tokenizer, text_encoder, unet = motion_models(args.work, "motion")
-    lr = args.lr or 5e-4
-    groups = dict(motion=[], words=list(text_encoder.parameters()), rest=[])
-    for n, p in unet.named_parameters():
-        groups["motion" if "motion_modules" in n else "words" if ".attn2." in n else "rest"].append(p)
-    params = [dict(params=groups["motion"], lr=lr), dict(params=groups["words"], lr=lr),
-              dict(params=groups["rest"], lr=lr / 10)]
-    train_on_clips(args, "words", tokenizer, text_encoder, unet, params, weighting="v")
-
-
 def train_decoder(args) -> None:
     """Fine-tune the VAE's decoder so it can show two-tone objects; the encoder stays frozen.
 
@@ -469,36 +442,6 @@ def start_with_motion_modules(work: Path):
     return tokenizer, text_encoder, UNetMotionModel.from_unet2d(unet2d, adapter)
 
 
-def train_motion2(args) -> None:
-    """The motion stage again, from the start stage's spatial UNet and the motion stage's modules."""
-    tokenizer, text_encoder, unet = start_with_motion_modules(args.work)
-    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
-    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
-    lr = args.lr or 2.5e-4
-    params = [dict(params=motion, lr=lr), dict(params=spatial + list(text_encoder.parameters()), lr=lr / 4)]
-    train_on_clips(args, "motion2", tokenizer, text_encoder, unet, params, weighting="v")
-
-
-def train_zsnr(args) -> None:
-    """The motion stage's model fine-tuned to a zero-terminal-SNR schedule with v-prediction.
-
-    Why the direction followed the seed and not the words: under SD's schedule the noisiest training
-    step still keeps sqrt(0.0047) ~ 7 % of the clean clip, and over an object's 8 frames that is
-    enough to see which way it goes. So the model learned to read the direction from the noise
-    itself, and at sampling time it reads one out of the seed's noise, which no clip made (Lin et
-    al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", shows the same for
-    image brightness). With the schedule rescaled so that the last step keeps nothing of the clip,
-    only the words can say where the object goes there; epsilon prediction is undefined at zero SNR,
-    so the model predicts v, and sampling starts at t = 999 ("trailing" steps). Offset noise is
-    dropped: zero terminal SNR is what it approximated. Everything trains, at one rate: the
-    prediction target changes for every layer.
-    """
-    tokenizer, text_encoder, unet = motion_models(args.work, "motion")
-    params = [dict(params=list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr or 2e-4)]
-    train_on_clips(args, "zsnr", tokenizer, text_encoder, unet, params,
-                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0)
-
-
 def train_contrast(args) -> None:
     """Motion words that steer: zero-SNR v-prediction on clips, the start stage's text encoder frozen,
     and a loss that pays for using the words.
@@ -570,32 +513,6 @@ def train_contrast4(args) -> None:
                    contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
 
 
-def train_direct(args) -> None:
-    """What the five fine-tunes after `motion` ended with, in one stage straight from `base`.
-
-    Fresh motion modules on the base stage's spatial UNet and text encoder, trained on clips with
-    everything `contrast4` needed from the first step: the zero-terminal-SNR schedule with
-    v-prediction (so the direction cannot be read from the noise), half of the samples at
-    t >= HIGH_NOISE_FROM, the hinge against any other motion there, and the text encoder training at
-    half the spatial rate (so that it learns to tell the motion words apart). The motion modules, new,
-    learn at 2.5x the spatial rate, as in `motion`. With vae, base and decoder it is a from-scratch
-    chain inside the issue's ~3 h budget (docs/shapes-world.md).
-    """
-    from diffusers import UNetMotionModel
-
-    tokenizer, text_encoder, unet2d = base_models(args.work)
-    torch.manual_seed(args.seed)
-    unet = UNetMotionModel.from_unet2d(unet2d, shapes_model.build_motion_adapter())
-    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
-    spatial = [p for n, p in unet.named_parameters() if "motion_modules" not in n]
-    lr = args.lr or 2e-4
-    params = [dict(params=motion, lr=2.5 * lr), dict(params=spatial, lr=lr),
-              dict(params=list(text_encoder.parameters()), lr=lr / 2)]
-    train_on_clips(args, "direct", tokenizer, text_encoder, unet, params,
-                   scheduler=shapes_model.build_scheduler(zero_snr=True), offset_noise=0.0, contrast=1.0,
-                   contrast_min_t=HIGH_NOISE_FROM, high_noise=0.5, contrast_with="other")
-
-
 def write_render_defaults(target: Path, description: str) -> Path:
     """TARGET/cdvideo.yaml, so that `--model TARGET` renders as `--model shapes` does: the preset's size,
     frames and guidance; the sampler is the directory's own scheduler/, as its stage was trained."""
@@ -609,7 +526,7 @@ def write_render_defaults(target: Path, description: str) -> Path:
 
 def export(args) -> None:
     """Write the trained model as a diffusers directory (fp16 weights) plus motion_adapter/."""
-    from cdvideo.tiny import save_model_dir
+    from cdvideo.models.tiny import save_model_dir
 
     vae = load_vae(args.work, "decoder")
     vae.register_to_config(scaling_factor=latent_scale(vae, args.seed))
@@ -646,9 +563,11 @@ def main(argv=None) -> None:
     parser.add_argument("--to", default=str(shapes_model.MODEL_DIR), help="export: the model directory to write")
     args = parser.parse_args(argv)
     # The step counts the shipped weights were trained for (base and motion stopped on --minutes there).
-    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, words=4000, start=1200, motion2=1300, zsnr=879, contrast=1000, contrast2=1500, contrast3=750, contrast4=1736, direct=4000).get(args.stage, 0)
-    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, words=train_words, start=train_start, motion2=train_motion2, zsnr=train_zsnr, contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, contrast4=train_contrast4, direct=train_direct, export=export)[args.stage](args)
-
+    args.steps = args.steps or dict(vae=3000, base=4185, motion=2364, decoder=1500, start=1200, contrast=1000,
+                                    contrast2=1500, contrast3=750, contrast4=1736).get(args.stage, 0)
+    dict(vae=train_vae, base=train_base, motion=train_motion, decoder=train_decoder, start=train_start,
+         contrast=train_contrast, contrast2=train_contrast2, contrast3=train_contrast3, contrast4=train_contrast4,
+         export=export)[args.stage](args)
 
 if __name__ == "__main__":
     main()
