@@ -23,7 +23,7 @@ there); `--steps N` trains on to N, `--minutes M` stops resumably after M minute
 Each stage keeps `WORK/<stage>/state.pt` (tensors and numbers only, read with weights_only=True)
 every `--save-every` steps and when `--minutes` run out; running the same command again goes on
 from there. Batch k is drawn from a generator seeded with (seed, stage id, k), so a resumed run sees
-the same data as an uninterrupted one. The README and docs/shapes-world.md give the wall times.
+the same data as an uninterrupted one. docs/shapes-world.md gives the wall times.
 """
 from __future__ import annotations
 
