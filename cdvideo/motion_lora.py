@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cdvideo.config import MotionLoraSpec
-from cdvideo.errors import ConfigError, InjectionError, InputFileError, ModelNotAvailableError, WrongFileKindError
+from cdvideo.errors import InjectionError, InputFileError, WrongFileKindError
 from cdvideo.formats.lora import lora_factor
 
 _ORIGINAL_RENAMES = (
@@ -32,31 +32,18 @@ _ORIGINAL_RENAMES = (
     (".attention_blocks.0", ".attn1"),
     (".attention_blocks.1", ".attn2"),
 )
-HUB_FILE = "diffusion_pytorch_model.safetensors"
 
 
 def resolve_motion_lora(spec: str) -> str:
     """A motion LoRA file path from a path or a registry name (its file in motion_modules/, or the hub cache)."""
     if Path(spec).is_file():
         return spec
-    from cdvideo.hub import local_file
-    from cdvideo.models import motion_modules_dir, motion_registry
+    from cdvideo.models import resolve_registered
 
-    entry = motion_registry().get(spec)
-    if entry is None:
+    path = resolve_registered(spec, "motion_lora")
+    if path is None:
         raise InputFileError(f"motion_loras: {spec!r} is neither a file nor a motion LoRA name (see `cdvideo motion list`)")
-    if entry.kind != "motion_lora":
-        raise ConfigError(f"motion_loras: {spec!r} is a motion module, not a motion LoRA: use --motion-adapter")
-    local = motion_modules_dir() / entry.original_file
-    if entry.original_file and local.is_file():
-        return str(local)
-    cached = local_file(entry.hub_id, HUB_FILE) if entry.hub_id else None
-    if cached is not None:
-        return str(cached)
-    raise ModelNotAvailableError(
-        f"motion LoRA {spec!r} is not present: put {entry.original_file} into {motion_modules_dir()}"
-        + (f", or download it while online with `hf download {entry.hub_id}`" if entry.hub_id else "")
-    )
+    return path
 
 
 def _module_and_factor(key: str) -> tuple[str, str] | None:

@@ -46,7 +46,7 @@ def find_videos(inputs: list[str]) -> list[EvalItem]:
         elif path.is_file() or _is_frames_folder(path):
             items.append(EvalItem(path, given))
         elif (path / MANIFEST_NAME).is_file():
-            items.extend(read_manifest(path / MANIFEST_NAME))
+            items.extend(manifest_items(path / MANIFEST_NAME))
         else:
             items.extend(_folder_videos(path, given))
     return items
@@ -67,7 +67,7 @@ def _folder_videos(folder: Path, given: str) -> list[EvalItem]:
     return found
 
 
-def read_manifest(manifest: Path) -> list[EvalItem]:
+def manifest_items(manifest: Path) -> list[EvalItem]:
     """Videos of a batch manifest (one JSON object per line with a `video` path relative to its folder)."""
     items = []
     try:

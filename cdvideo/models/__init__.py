@@ -15,7 +15,7 @@ from cdvideo.models.presets import (BASE_COMPONENTS, MODEL_DIR_PRESET, MOTION_AD
                                     presets_dir, single_file_config, write_model_dir_defaults)
 from cdvideo.models.sources import (BUILTIN_MODELS, BUILTIN_PREFIX, SD_VAE_SCALE_FACTOR, ModelFiles, MotionEntry,
                                     adapter_location, check_available, locate, missing_weights, motion_max_frames,
-                                    motion_modules_dir, motion_registry, resolve_motion, resolve_source,
+                                    motion_modules_dir, motion_registry, resolve_motion, resolve_registered, resolve_source,
                                     shapes_model_dir, vae_scale_factor)
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "check_available", "is_weight_file", "list_presets", "load_motion_adapter", "load_pipeline", "load_preset",
     "load_tokenizer", "load_training_components", "locate", "make_scheduler", "missing_weights",
     "motion_max_frames", "motion_modules_dir", "motion_registry", "motion_unet", "preset_lora_specs",
-    "presets_dir", "resolve_device", "resolve_dtype", "resolve_motion", "resolve_source", "shapes_model_dir",
+    "presets_dir", "resolve_device", "resolve_dtype", "resolve_motion", "resolve_registered", "resolve_source", "shapes_model_dir",
     "single_file_config", "vae_scale_factor", "write_model_dir_defaults",
 ]

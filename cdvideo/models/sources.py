@@ -67,22 +67,39 @@ def motion_registry() -> dict[str, MotionEntry]:
     return {e["name"]: from_dict(MotionEntry, e, f"{path}: {e.get('name', '?')}") for e in entries}
 
 
-def resolve_motion(spec: str) -> str:
-    """`--motion NAME|PATH|HUB_ID` -> a loadable source: a dropped-in original file, a hub id or a path."""
-    registry = motion_registry()
-    if spec not in registry:
-        return hub_weight_file(spec) or spec  # owner/repo/file.safetensors: a single file in a hub repository
-    entry = registry[spec]
-    if entry.kind != "motion_module":
-        raise ConfigError(f"{spec!r} is a {entry.kind.replace('_', ' ')} for {entry.for_module}, not a motion module")
+# A motion LoRA's file inside its diffusers hub repository.
+MOTION_LORA_HUB_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def resolve_registered(name: str, kind: str) -> str | None:
+    """A registry name of `kind` ("motion_module" or "motion_lora") -> its released file dropped into
+    motion_modules/, else its hub id (a module) or its file in the Hugging Face cache (a LoRA);
+    None when `name` is not in the registry."""
+    entry = motion_registry().get(name)
+    if entry is None:
+        return None
+    if entry.kind != kind:
+        if kind == "motion_lora":
+            raise ConfigError(f"motion_loras: {name!r} is a motion module, not a motion LoRA: use --motion-adapter")
+        raise ConfigError(f"{name!r} is a {entry.kind.replace('_', ' ')} for {entry.for_module}, not a motion module")
     local = motion_modules_dir() / entry.original_file
     if entry.original_file and local.is_file():
         return str(local)
-    if entry.hub_id:
+    if kind == "motion_module" and entry.hub_id:
         return entry.hub_id
-    raise ModelNotAvailableError(
-        f"motion module {spec!r} is not present: put {entry.original_file} into {motion_modules_dir()}"
-    )
+    cached = local_file(entry.hub_id, MOTION_LORA_HUB_FILE) if kind == "motion_lora" and entry.hub_id else None
+    if cached is not None:
+        return str(cached)
+    what = "motion module" if kind == "motion_module" else "motion LoRA"
+    download = f", or download it while online with `hf download {entry.hub_id}`" if entry.hub_id else ""
+    raise ModelNotAvailableError(f"{what} {name!r} is not present: put {entry.original_file} into "
+                                 f"{motion_modules_dir()}" + (download if kind == "motion_lora" else ""))
+
+
+def resolve_motion(spec: str) -> str:
+    """`--motion NAME|PATH|HUB_ID` -> a loadable source: a dropped-in original file, a hub id or a path."""
+    # Not a registry name: a path, a hub id, or owner/repo/file.safetensors (a single file in a hub repository).
+    return resolve_registered(spec, "motion_module") or hub_weight_file(spec) or spec
 
 
 def resolve_source(source: str) -> str:
