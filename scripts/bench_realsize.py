@@ -17,7 +17,9 @@ nothing is downloaded. Then runs each variant in its own process, on the same in
   (d) only with --variants abcd: a candidate speed-up, (c) with the UNet in channels_last (measured, not kept);
   (e) only when asked (--variants ce): (c) with --low-vram (VAE slicing; model CPU offload on CUDA);
   (f) only when asked: a candidate speed-up, (c) with `torch.compile` on the UNet's forward (compiled in
-      the warm-up render, so the timed render measures the compiled kernels).
+      the warm-up render, so the timed render measures the compiled kernels);
+  (g), (h) only when asked (--variants gh): (c) rendering "a <new1> dog ..." with a random full-size concept
+      (token and every spatial to_k/to_v delta) merged (g) and token-bound (h); h/g is the binding's cost.
 
 On CUDA every variant first renders one 1-step warm-up clip of the same shape (CUDA context, cuDNN
 autotuning and, for (f), compilation), then the timed clip; the CPU has nothing to warm up. For
@@ -56,7 +58,10 @@ VARIANTS = {
     "d": "candidate: (c) + channels_last UNet",
     "e": "cdvideo --low-vram",
     "f": "candidate: (c) + torch.compile UNet",
+    "g": "cdvideo with a concept, merged (prompt with its token)",
+    "h": "cdvideo with the same concept, token-bound (issue 16's cost)",
 }
+CONCEPT_PROMPT = "a <new1> dog running on the beach"
 BUILD_VERSION = 1  # bump when the configs below change
 
 
@@ -65,7 +70,7 @@ def build_realsize(path: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cdvideo.tiny import build_tokenizer, save_model_dir
+    from cdvideo.models.tiny import build_tokenizer, save_model_dir
 
     channels = (320, 640, 1280, 1280)
     tokenizer = build_tokenizer()
@@ -148,12 +153,26 @@ def _load(variant: str, model_dir: str, device: str):
 
 def _estimate_mb(loaded, variant: str, device: str, size: int, frames: int) -> float | None:
     """cdvideo's own peak-memory estimate for this render (the line it prints before rendering); None for (a), (b)."""
-    if variant not in "cdef":
+    if variant not in "cdefgh":
         return None
     from cdvideo.memory import estimate_peak_bytes, parameter_counts
+    from cdvideo.models import locate
 
-    counts = parameter_counts(loaded.preset)
+    counts = parameter_counts(locate(loaded.preset))
     return estimate_peak_bytes(counts, device, loaded.dtype, size, size, frames, low_vram=variant == "e") / 2**20
+
+
+def _random_concept(pipe):
+    """A concept of the real size: one token and a delta on every spatial to_k / to_v (random, seeded)."""
+    from cdvideo.concept import ALLOWED_PARAM, Concept
+
+    generator = torch.Generator().manual_seed(0)
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    deltas = {name: 0.01 * torch.randn(param.shape, generator=generator)
+              for name, param in pipe.unet.named_parameters()
+              if ALLOWED_PARAM.match(name) and name.endswith((".to_k.weight", ".to_v.weight"))}
+    return Concept(tokens={"<new1>": torch.randn(1, dim, generator=generator)}, class_words={"<new1>": "dog"},
+                   deltas=deltas)
 
 
 def child(variant: str, model_dir: str, device: str, size: int, frames: int, steps: int, out: str) -> None:
@@ -165,16 +184,18 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     t = time.perf_counter()
     loaded = _load(variant, model_dir, device)
     load_s = time.perf_counter() - t
-    pipe = loaded.pipeline if variant in "cdef" else loaded
+    pipe = loaded.pipeline if variant in "cdefgh" else loaded
+    concepts = [(_random_concept(pipe), 1.0, "bench")] if variant in "gh" else None
     pipe.set_progress_bar_config(disable=True)
     cuda = device.startswith("cuda")
 
     def render(n_steps: int):
-        if variant in "cdef":
-            settings = RenderSettings(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size,
-                                      width=size, steps=n_steps, guidance_scale=7.5, seed=SEED, scheduler="ddim",
-                                      low_vram=variant == "e")
-            return loaded.render(settings, progress=False)
+        if variant in "cdefgh":
+            settings = RenderSettings(prompt=CONCEPT_PROMPT if concepts else PROMPT, negative_prompt=NEGATIVE,
+                                      num_frames=frames, height=size, width=size, steps=n_steps, guidance_scale=7.5,
+                                      seed=SEED, scheduler="ddim", low_vram=variant == "e",
+                                      concept_binding={"g": "merged", "h": "token"}.get(variant))
+            return loaded.render(settings, concepts, progress=False)
         output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
                       num_inference_steps=n_steps, guidance_scale=7.5,
                       generator=torch.Generator().manual_seed(SEED), output_type="np")
@@ -298,6 +319,10 @@ def main() -> None:
                   f"| {r[mem_key]:.0f} | {r['load_s']:.1f} | {speed} | {whole} | {memory} | {diff}/255 | {estimate} |")
         print("\nspeed vs (a): (a)'s s/clip / this s/clip (>1 is faster); memory vs (a): this peak / (a)'s peak "
               "(<1 is less). s/step is the mean UNet call (CFG batched: one call per step).")
+        if "g" in results and "h" in results:
+            g, h = results["g"], results["h"]
+            print(f"token-bound (h) against merged (g): s/clip {h['clip_s'] / g['clip_s']:.3f}, s/step "
+                  f"{h['step_s'] / g['step_s']:.3f}, {mem_name} {h[mem_key] / g[mem_key]:.3f} (1.0 = no cost)")
 
 
 if __name__ == "__main__":
