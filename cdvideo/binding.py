@@ -20,6 +20,8 @@ Bindings (`BINDINGS`):
     locked       values at the token's positions, and there the key is the class word's base key
                  (Perfusion's key-locking, Tewel et al. 2023): the concept is attended where its
                  class would be
+    locked+class as locked, and the value change also at the class word (which is attended where
+                 the object is, so the identity lands there too)
 
 Which positions hold which token is read from the text encoder's own calls: a forward hook records
 each call's token ids beside its output, and a processor finds each row of the encoder states it is
@@ -154,15 +156,15 @@ class BoundAttnProcessor:
             token, class_word = masks[change.index, 0], masks[change.index, 1]
             if not token.any():
                 continue
-            at = (token | class_word) if change.binding == "token+class" else token
+            at = (token | class_word) if change.binding in ("token+class", "locked+class") else token
             at = at.unsqueeze(-1).to(key.dtype)  # (b, n, 1)
             delta_k, delta_v = self.deltas(attn, change)
-            if change.binding == "locked":
+            if change.binding.startswith("locked"):
                 # Key-locking: at the token, the key of the class word that follows it (base weights).
                 follows = token & torch.roll(class_word, shifts=-1, dims=1)
                 follows = follows.unsqueeze(-1).to(key.dtype)
                 key = key * (1 - follows) + follows * torch.roll(key, shifts=-1, dims=1)
-            elif delta_k is not None and change.binding != "values":
+            elif delta_k is not None and change.binding != "values":  # (locked: no key change)
                 key = key + strength * at * F.linear(states, delta_k.to(states.dtype))
             if delta_v is not None:
                 value = value + strength * at * F.linear(states, delta_v.to(states.dtype))

@@ -40,6 +40,7 @@ TRAININGS = {
     "token+class": ["--binding", "token+class"],
     "values": ["--binding", "values"],
     "locked": ["--binding", "locked"],
+    "locked+class": ["--binding", "locked+class"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
 }
@@ -54,6 +55,7 @@ ROWS = {
     "token+class": dict(training="token+class"),
     "values": dict(training="values"),
     "locked": dict(training="locked"),
+    "locked+class": dict(training="locked+class"),
     "token_as_merged": dict(training="token", concept_binding="merged"),
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
@@ -223,7 +225,9 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
     `on_row(results so far)` after each (the table is written as rows finish)."""
     from cdvideo.shapes.evaluate import judge_concept_clip, render_clips
 
-    tokens = list(colours) if isinstance(colours, dict) else []
+    from cdvideo.shapes.world import CONCEPTS
+
+    tokens = [c["token"] for c in CONCEPTS.values()]
     results = []
     for name, row in rows.items():
         paths = row.get("paths") or []

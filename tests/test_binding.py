@@ -15,7 +15,7 @@ from cdvideo.schedule import parse_schedule, step_factors
 from conftest import make_concept
 from test_inject import assert_same_state, settings, snapshot
 
-BOUND = ("token", "token+class", "values", "locked")
+BOUND = ("token", "token+class", "values", "locked", "locked+class")
 
 
 def processors(pipeline):

@@ -185,7 +185,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         model.requires_grad_(False)
     embedding.new_rows.requires_grad_(config.train_token)
     names = trainable_param_names(unet, config.train)
-    if config.binding in ("values", "locked"):  # the key stays the base model's (or the class word's)
+    if config.binding in ("values", "locked", "locked+class"):  # the key stays the base model's (or the class word's)
         names = [n for n in names if ".to_v." in n]
     unbind = None
     if config.binding != "merged":  # the change acts only at the new tokens' positions (cdvideo.binding)
