@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1500, help="training steps per concept")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="per image, scaled by the batch as cdvideo train does")
     parser.add_argument("--train-seed", type=int, default=42)
+    parser.add_argument("--train-backgrounds", choices=["black", "varied"], default="black",
+                        help="the 5 training images all on black, or on the prompts' backgrounds in turn (captioned)")
     parser.add_argument("--prompts", type=int, default=16, help="compositional prompts per concept (a multiple of 4)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="draws the prompts: another seed, other prompts")
     parser.add_argument("--seeds", type=int, default=8, help="render seeds per prompt (0..K-1, the same for every row)")
@@ -139,15 +141,22 @@ def compositional_prompts(concept: dict, n: int, seed: int = 0) -> list[str]:
     return prompts
 
 
-def write_training_images(folder: Path, concept: dict) -> Path:
-    """The concept's training images: world.concept_scene with seeds 0..4 on black, 32x32 PNGs."""
+def write_training_images(folder: Path, concept: dict, backgrounds: str = "black") -> Path:
+    """The concept's training images: world.concept_scene with seeds 0..4, 32x32 PNGs. "black": all on black,
+    captioned by --instance-prompt; "varied": on the backgrounds a prompt may use, in turn, each with a
+    caption file naming its background (as a user's photos show the subject in several places)."""
     from PIL import Image
 
     from cdvideo.shapes.world import concept_scene, draw_frame
 
     folder.mkdir(parents=True, exist_ok=True)
+    colours = allowed_colours(concept)
     for seed in range(TRAIN_IMAGES):
-        Image.fromarray(draw_frame(concept_scene(np.random.default_rng(seed), concept=concept), 0)).save(folder / f"{seed}.png")
+        background = "black" if backgrounds == "black" else colours[seed % len(colours)]
+        scene = concept_scene(np.random.default_rng(seed), background=background, concept=concept)
+        Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}.png")
+        if backgrounds != "black":
+            (folder / f"{seed}.txt").write_text(f"a {{token}} {{class_word}} on a {background} background\n")
     return folder
 
 
@@ -182,8 +191,9 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
     records, pending = {}, []
     for name, concept_key in dict.fromkeys(needed):
         concept = CONCEPTS[concept_key]
-        images = write_training_images(args.work / f"images-{concept_key}", concept)
-        out = args.work / "concepts" / f"{concept_key}-{name}.safetensors"
+        suffix = "" if args.train_backgrounds == "black" else f"-{args.train_backgrounds}"
+        images = write_training_images(args.work / f"images-{concept_key}{suffix}", concept, args.train_backgrounds)
+        out = args.work / "concepts" / f"{concept_key}{suffix}-{name}.safetensors"
         command = train_command(args, images, concept, TRAININGS[name], out)
         record = out.with_suffix(".command.json")
         key = f"{concept_key}-{name}"

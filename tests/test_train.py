@@ -389,3 +389,33 @@ def test_bound_training_sees_the_change_only_at_the_token():
 def test_crossattn_cannot_be_bound(dog_images, tmp_path):
     with pytest.raises(ConfigError, match="binding merged"):
         tiny_config(dog_images, tmp_path / "c.safetensors", train="crossattn", binding="token").check()
+
+
+def test_per_image_captions_beside_the_images(tmp_path):
+    from cdvideo.errors import InputFileError
+    from cdvideo.train.data import image_captions
+
+    folder = make_images(tmp_path / "photos", count=3)
+    (folder / "1.txt").write_text("a {token} {class_word}  on a beach\n")
+    assert image_captions(folder, "photo of a {token} {class_word}") == [
+        "photo of a {token} {class_word}", "a {token} {class_word} on a beach", "photo of a {token} {class_word}"]
+    (folder / "2.txt").write_text("a dog on a beach")
+    with pytest.raises(InputFileError, match="2.txt must name {token}"):
+        image_captions(folder, "photo of a {token} {class_word}")
+
+
+def test_training_reads_the_captions(dog_images, tmp_path, monkeypatch):
+    """A caption file changes what that image is trained with: the loss of the first step differs."""
+    import shutil
+
+    captioned = tmp_path / "captioned"
+    shutil.copytree(dog_images, captioned)
+    for path in captioned.glob("*.png"):
+        path.with_suffix(".txt").write_text("a {token} {class_word} on a beach")
+    losses = []
+    for folder, out in ((dog_images, "a.safetensors"), (captioned, "b.safetensors")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = train(tiny_config(folder, tmp_path / out, steps=1, spl_weight=0), progress=False)
+        losses.append((result.output_dir / "loss.csv").read_text().splitlines()[1].split(",")[2])
+    assert losses[0] != losses[1]

@@ -44,6 +44,29 @@ def load_image_folder(folder: str | Path, what: str = "images") -> list:
     return images
 
 
+def image_captions(folder: str | Path, default: str) -> list[str]:
+    """Each image's caption template, in load_image_folder's order: `NAME.txt` beside `NAME.png` when present
+    (the usual layout of captioned training sets), else `default`. A caption names {token} and {class_word}
+    as --instance-prompt does (e.g. "a photo of a {token} {class_word} on a beach")."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    captions = []
+    for path in paths:
+        text_file = path.with_suffix(".txt")
+        if not text_file.is_file():
+            captions.append(default)
+            continue
+        try:
+            caption = " ".join(text_file.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputFileError(f"cannot read caption {text_file}: {error}".splitlines()[0]) from error
+        if "{token}" not in caption:
+            raise InputFileError(f"caption {text_file} must name {{token}} (and may name {{class_word}}), "
+                                 f"e.g. 'a photo of a {{token}} {{class_word}} on a beach'; got {caption[:60]!r}")
+        captions.append(caption)
+    return captions
+
+
 def warn_if_few(images: list, folder: str) -> None:
     if len(images) < FEW_IMAGES:
         warnings.warn(

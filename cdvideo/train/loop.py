@@ -27,7 +27,8 @@ from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
 from cdvideo.train.config import TrainConfig, fill_prompt
-from cdvideo.train.data import EpochSampler, Example, load_image_folder, make_batch, plain_batch, warn_if_few
+from cdvideo.train.data import (EpochSampler, Example, image_captions, load_image_folder, make_batch, plain_batch,
+                                warn_if_few)
 from cdvideo.train.losses import eos_positions, masked_diffusion_loss, spl_loss, text_features
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
 
@@ -104,16 +105,18 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         messages.append(message)
         warnings.warn(message, stacklevel=3)
 
-    instance_images = []
+    instance_images, instance_captions = [], []
     for concept in config.concepts:
         images = load_image_folder(concept.images)
         warn_if_few(images, concept.images)
         instance_images.append(images)
+        instance_captions.append(image_captions(concept.images, config.instance_prompt))
     heldout_images = [[] for _ in config.concepts]
     if config.keep == "best" and config.holdout:
         for i, images in enumerate(instance_images):
             if len(images) > config.holdout:
                 heldout_images[i], instance_images[i] = images[-config.holdout:], images[: -config.holdout]
+                instance_captions[i] = instance_captions[i][: -config.holdout]
             else:
                 say(f"{config.concepts[i].images}: too few images to hold {config.holdout} out for scoring; "
                     "checkpoints are scored on training images")
@@ -216,8 +219,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
 
     # 7. Data, the fixed SPL class features, and the scorer.
-    examples = [Example(im, fill_prompt(config.instance_prompt, tokens[i], c.class_word), i)
-                for i, (c, images) in enumerate(zip(config.concepts, instance_images)) for im in images]
+    examples = [Example(im, fill_prompt(caption, tokens[i], c.class_word), i)
+                for i, (c, images) in enumerate(zip(config.concepts, instance_images))
+                for im, caption in zip(images, instance_captions[i])]
     sampler = EpochSampler(len(examples), generator)
     class_sampler = EpochSampler(len(class_examples), generator) if class_examples else None
     eos_id = tokenizer.eos_token_id
