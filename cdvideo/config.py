@@ -325,6 +325,12 @@ class RenderSettings:
     motion_loras: list[MotionLoraSpec] = field(default_factory=list)
     # VAE slicing (tiling above its tile size) and, on CUDA, model CPU offload for this render; same frames.
     low_vram: bool = False
+    # Step caching (DeepCache; cdvideo.step_cache): the whole UNet every step_cache steps, only its shallow
+    # branch on the steps between, from the deep features kept. 0 or 1 is off (every step in full).
+    step_cache: int = 0
+    # Where the shallow branch ends, in skip connections from the shallowest (0: conv_in only, DeepCache's
+    # default and the fastest; larger recomputes more and stays closer to full compute).
+    step_cache_branch: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":

@@ -38,6 +38,7 @@ from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPre
 from cdvideo.outputs import check_output
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
+from cdvideo.step_cache import check_step_cache, step_cache_applied
 
 
 
@@ -101,6 +102,7 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
     if not 0 <= settings.concept_start < 1:
         raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
     check_binding(settings.concept_binding)
+    check_step_cache(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
             raise ConfigError("give concept_start or concept_schedule, not both (concept_start S is the schedule \"0:0, S:1\")")
@@ -294,6 +296,7 @@ class Renderer:
         factors = schedule_factors(settings.concept_start, settings.concept_schedule, settings.steps)
         with (self._applied(concepts, loras, settings.concept_binding) as injector,
               long_video_applied(self.pipeline, settings),
+              step_cache_applied(self.pipeline, settings),  # inside guidance rescale and offload, which wrap forward
               low_vram_applied(self.pipeline, settings, self.device),
               guidance_rescale_applied(self.pipeline, settings),
               strength_scheduled(injector, factors) as callback):

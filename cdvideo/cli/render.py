@@ -50,6 +50,10 @@ SETTING_FLAGS = {
     "free_init": (int, "FreeInit passes for steadier motion, N x the time (default 0: off)"),
     "low_vram": (bool, "less peak memory, same frames: VAE slicing (and tiling for large frames); on CUDA also "
                        "model CPU offload (slower). On the CPU offload is meaningless, only the VAE changes"),
+    "step_cache": (int, "step caching (DeepCache): the whole UNet every N steps, only its shallow branch between; "
+                        "3 is DeepCache's choice (speed and quality cost: scripts/bench_fast.py). Default 0: off"),
+    "step_cache_branch": (int, "where --step-cache's shallow branch ends, in skip connections (0: the shallowest and "
+                               "fastest, DeepCache's default; larger is closer to full compute)"),
 }
 
 
