@@ -8,7 +8,9 @@ import sys
 import time
 
 import pytest
+import torch
 
+from cdvideo.batch import cpu_cores
 from cdvideo.cli import main
 from cdvideo.export import read_video
 from cdvideo.sidecar import read_sidecar
@@ -90,6 +92,8 @@ def test_two_processes_share_the_items_and_the_manifest_ends_complete(tmp_path, 
     assert [r["index"] for r in records] == [0, 1, 2, 3]
     assert all(r["status"] == "done" for r in records)
     assert {r["process"] for r in records} == {0, 1}  # each process rendered its own share
+    if not torch.cuda.is_available():  # on a CPU each process rendered with its share of the cores
+        assert {r["threads"] for r in records} == {max(1, cpu_cores() // 2)}
     for record in records:
         assert read_sidecar(out / record["sidecar"])["video"] == record["video"]
     assert not list(out.glob(".manifest.part*"))

@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="videos per pipeline call for items that differ only in prompt and seed (default 1)")
     parser.add_argument("--processes", type=int, default=None, metavar="N",
-                        help="shard the items over N processes with accelerate (one per GPU)")
+                        help="shard the items over N processes with accelerate (one per GPU; on a CPU each "
+                             "gets its share of the cores, cores // N threads)")
     parser.add_argument("--dry-run", action="store_true", help="print the expanded items and stop; loads no model")
     parser.add_argument("--no-gallery", dest="gallery", action="store_false",
                         help="skip contact_sheet.png and index.html")
