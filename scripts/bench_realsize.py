@@ -175,8 +175,10 @@ def _random_concept(pipe):
                    deltas=deltas)
 
 
-def child(variant: str, model_dir: str, device: str, size: int, frames: int, steps: int, out: str) -> None:
-    """One variant in this process: load, render once, report timings and peak memory as JSON."""
+def child(variant: str, model_dir: str, device: str, size: int, frames: int, steps: int, out: str,
+          extra: dict | None = None) -> None:
+    """One variant in this process: load, render once, report timings and peak memory as JSON.
+    `extra`: RenderSettings fields on top of cdvideo's variants' own (scripts/bench_fast.py's speed modes)."""
     from cdvideo.cli.common import quiet_libraries
     from cdvideo.config import RenderSettings
 
@@ -194,7 +196,7 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
             settings = RenderSettings(prompt=CONCEPT_PROMPT if concepts else PROMPT, negative_prompt=NEGATIVE,
                                       num_frames=frames, height=size, width=size, steps=n_steps, guidance_scale=7.5,
                                       seed=SEED, scheduler="ddim", low_vram=variant == "e",
-                                      concept_binding={"g": "merged", "h": "token"}.get(variant))
+                                      concept_binding={"g": "merged", "h": "token"}.get(variant), **(extra or {}))
             return loaded.render(settings, concepts, progress=False)
         output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
                       num_inference_steps=n_steps, guidance_scale=7.5,

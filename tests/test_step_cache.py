@@ -243,3 +243,19 @@ def test_shapes_held_out_prompt_is_still_rendered_right_with_caching(shapes_rend
     assert score.background >= 0.8 and score.objects >= 0.8, (score, seen)
     tracked = motion_of(judge_video(frames), request.objects[0]["shape"], request.objects[0]["colour"])
     assert tracked == request.motion, (tracked, seen)
+
+
+def test_bench_fast_reads_cache_settings_and_measures_psnr():
+    import argparse
+
+    from conftest import load_script
+
+    bench = load_script("bench_fast")
+    assert bench.parse_cache("3:2") == (3, 2) and bench.parse_cache("4") == (4, 0)
+    with pytest.raises(argparse.ArgumentTypeError, match="INTERVAL:BRANCH"):
+        bench.parse_cache("three")
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    noisy = frames.copy()
+    noisy[1] = 255  # frame 1 as far off as uint8 goes: 0 dB
+    psnr = bench.psnr_per_frame(noisy, frames)
+    assert np.isinf(psnr[0]) and psnr[1] == pytest.approx(0.0)

@@ -66,6 +66,8 @@ def render_clips(
     steps: int | None = None,
     guidance_scale: float | None = None,
     batch_size: int = 8,
+    step_cache: int = 0,
+    step_cache_branch: int = 0,
 ) -> Iterator[tuple[RenderSettings, np.ndarray]]:
     """Render every (prompt, seed) at the world's size and length; yields (resolved settings, (f, h, w, 3) uint8 frames).
 
@@ -73,7 +75,8 @@ def render_clips(
     `concept` is a concept file (or several) applied to every clip and taken off after, bound as
     `concept_binding` says and scaled over the steps by `concept_start` / `concept_schedule`
     (cdvideo.binding, cdvideo.inject.strength_scheduled); `steps` /
-    `guidance_scale` None take the model preset's. Clips are rendered `batch_size` at a time in
+    `guidance_scale` None take the model preset's; `step_cache` / `step_cache_branch` as in RenderSettings
+    (cdvideo.step_cache; 0 is full compute). Clips are rendered `batch_size` at a time in
     one pipeline call each, each with its own seeded generator: the frames of one-by-one renders,
     up to float rounding.
     """
@@ -89,7 +92,7 @@ def render_clips(
                                  num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=steps,
                                  guidance_scale=guidance_scale, concepts=specs, concept_start=concept_start,
                                  concept_binding=concept_binding, concept_schedule=concept_schedule,
-                                 device=renderer.device)
+                                 step_cache=step_cache, step_cache_branch=step_cache_branch, device=renderer.device)
         resolved = resolve_settings(request, preset)
         check_inputs(resolved, preset)
         settings.append(resolved)
