@@ -29,7 +29,7 @@ _HELP = {
     "resolution": "square training size in pixels (default: the preset's, 512 for SD 1.5)",
     "train": "kv: cross-attention to_k/to_v (ClassDiffusion); crossattn: also to_q/to_out",
     "binding": "where the key/value change acts: token (default: only at the new token, so the rest of a prompt "
-               "keeps working), token+class, values, locked, or merged (every word: the paper's way)",
+               "keeps working), token+class, values, locked, locked+class, or merged (every word: the paper's way)",
     "train_token": "train the new token's embedding (default); --no-train-token keeps the initializer word's",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
