@@ -218,3 +218,25 @@ def test_concept_motion_script_shows_the_concept_fade_with_its_strength(capsys):
     rows = script.main(["--strengths", "1", "0", "--seeds", "1", "--steps", "8", "--device", "cpu"])
     assert [r[0] for r in rows] == [1.0, 0.0] and rows[0][2] > rows[1][2]  # the concept shows at 1, fades at 0
     assert capsys.readouterr().out.count("\n| ") == 3  # header, two rows
+
+
+def test_personalization_prompts_are_world_captions_of_every_kind():
+    """scripts/shapes_personalization.py draws readable prompts: each kind, every motion, no concept colour."""
+    import numpy as np
+
+    from cdvideo.shapes.world import CONCEPTS, parse_caption
+
+    script = load_script("shapes_personalization")
+    for concept in CONCEPTS.values():
+        for seed in (0, 1):
+            prompts = script.compositional_prompts(concept, 12, seed)
+            assert len(set(prompts)) == 12
+            requests = [parse_caption(p) for p in prompts]
+            assert {r.motion for r in requests} >= {"left", "right", "up", "down"}
+            assert sum(len(r.objects) == 2 for r in requests) == 6
+            banned = {concept["upper"], concept["lower"]}
+            assert not any(r.background in banned for r in requests)
+            assert all(concept["token"] in p for p in prompts)
+    values = np.array([0.0, 1.0] * 50)
+    mean, low, high = script.bootstrap(values)
+    assert mean == 0.5 and 0.35 < low < 0.5 < high < 0.65
