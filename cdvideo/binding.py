@@ -12,7 +12,7 @@ token stands (TARA's token-aware masking; Perfusion's key-locking as a variant):
 so every other position, and a prompt without the token (the negative prompt), sees the base model
 exactly. The processors go on the spatial `attn2` modules only; motion modules are never touched.
 
-Bindings (`BINDINGS`):
+Bindings (`cdvideo.schedule.BINDINGS`):
     merged       the change merged into the weights: every position (the paper's behaviour)
     token        keys and values, at the token's positions
     token+class  keys and values, at the token's positions and the class word right after it
@@ -38,8 +38,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-
 
 _SPATIAL_ATTN2 = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.attentions\.\d+\.transformer_blocks\.\d+\.attn2$")
 

@@ -49,7 +49,8 @@ class AppliedConcept:
 def trained_binding(concept: Concept) -> str:
     """The binding a concept was trained with: its file says; files from before bindings and from other
     tools were trained merged."""
-    return concept.training.get("binding") or TRAINED_MERGED if isinstance(concept.training, dict) else TRAINED_MERGED
+    recorded = concept.training.get("binding") if isinstance(concept.training, dict) else None
+    return recorded or TRAINED_MERGED
 
 
 class ConceptInjector:
