@@ -61,6 +61,7 @@ ROWS = {
     "token+class_fixed": dict(training="token+class_fixed"),
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
+    "token_step_cache": dict(training="token", step_cache=3),  # issue 19's step caching with a concept
 }
 DEFAULT_ROWS = ["base", "custom_diffusion", "classdiffusion", "classdiffusion_start", "token", "token+class",
                 "values", "locked", "token_start", "token_schedule"]
@@ -246,7 +247,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
         items = [(p, seed) for p in rendered for seed in range(args.seeds)]
         started = time.perf_counter()
         for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
-                                             strength=row.get("strength", 1.0),
+                                             strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
                                              concept_start=row.get("concept_start", 0.0),
                                              concept_binding=row.get("concept_binding"),
                                              concept_schedule=row.get("concept_schedule")):
