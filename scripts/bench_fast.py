@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,15 +86,9 @@ def run_speed(args, tmp: Path) -> dict:
     results, frames_of = {}, {}
     for n, (variant, label, extra) in enumerate(variants):
         out = str(tmp / f"frames-{n}.npy")
-        cmd = [sys.executable, __file__, "--child", variant, "--model-dir", str(model_dir), "--device", args.device,
-               "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps), "--out", out]
-        if extra:
-            cmd += ["--extra", json.dumps(extra)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        results[label] = json.loads(lines[-1][len("RESULT "):])
+        results[label] = bench_realsize.run_child(__file__, variant, model_dir, args.device, args.size, args.frames,
+                                                  args.steps, out, label,
+                                                  ["--extra", json.dumps(extra)] if extra else [])
         frames_of[label] = np.load(out)
         print(f"  {label}: load {results[label]['load_s']:.1f} s, clip {results[label]['clip_s']:.1f} s", flush=True)
 

@@ -255,6 +255,18 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     print("RESULT " + json.dumps(report), flush=True)
 
 
+def run_child(script: str, variant: str, model_dir, device: str, size: int, frames: int, steps: int, out: str,
+              label: str, extra_args: list[str] = ()) -> dict:
+    """Run `script --child VARIANT ...` in its own process and return the report its child printed."""
+    cmd = [sys.executable, script, "--child", variant, "--model-dir", str(model_dir), "--device", device,
+           "--size", str(size), "--frames", str(frames), "--steps", str(steps), "--out", out, *extra_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.exit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=None, help="default: 128 on CPU, 512 on CUDA")
@@ -289,13 +301,8 @@ def main() -> None:
         results, frames_of = {}, {}
         for variant in args.variants:
             out = str(Path(tmp) / f"frames-{variant}.npy")
-            cmd = [sys.executable, __file__, "--child", variant, "--model-dir", str(model_dir), "--device", args.device,
-                   "--size", str(size), "--frames", str(frames), "--steps", str(steps), "--out", out]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                sys.exit(f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            results[variant] = json.loads(lines[-1][len("RESULT "):])
+            results[variant] = run_child(__file__, variant, model_dir, args.device, size, frames, steps, out,
+                                         f"variant {variant}")
             frames_of[variant] = np.load(out)
             r = results[variant]
             warm = f", warm-up {r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else ""
