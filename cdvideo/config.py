@@ -291,7 +291,7 @@ class RenderSettings:
     seed: int | None = None
     scheduler: str | None = None
     concepts: list[ConceptSpec] = field(default_factory=list)
-    # Share of the denoising steps run before the concepts' key/value changes go on (cdvideo.inject.deltas_delayed).
+    # Share of the denoising steps run before the concepts' key/value changes go on (the schedule "0:0, S:1": cdvideo.inject.strength_scheduled).
     concept_start: float = 0.0
     # Where the concepts' key/value changes act (cdvideo.binding.BINDINGS): "merged" into the weights, for
     # every word and the unconditional branch too (the ClassDiffusion paper's way); "token" only at the

@@ -22,7 +22,7 @@ import torch
 
 from cdvideo.binding import (BoundAttnProcessor, BoundChange, TokenPositions, class_word_ids, spatial_attn2_modules,
                              token_ids)
-from cdvideo.schedule import TRAINED_MERGED, check_binding, step_factors
+from cdvideo.schedule import TRAINED_MERGED, check_binding, parse_schedule, step_factors
 from cdvideo.concept import Concept, check_new_token, fingerprint_unet
 from cdvideo.errors import InjectionError
 
@@ -271,8 +271,6 @@ def strength_scheduled(injector: ConceptInjector, factors: list[float]):
 
 def schedule_factors(concept_start: float, schedule: str | None, steps: int) -> list[float]:
     """Per-step strength factors from a render's `concept_start` or `concept_schedule` (one of them is set)."""
-    from cdvideo.schedule import parse_schedule
-
     points = parse_schedule(schedule) if schedule else [(0.0, 0.0), (concept_start, 1.0)] if concept_start > 0 else []
     return step_factors(points, steps)
 
