@@ -197,8 +197,7 @@ class BoundAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                                       is_causal=False)
+        hidden_states = self.attend(query, key, value, attention_mask, encoder_hidden_states)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -206,6 +205,10 @@ class BoundAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+    def attend(self, query, key, value, attention_mask, states):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 
 
 class TrainingBoundAttnProcessor(BoundAttnProcessor):
@@ -218,12 +221,38 @@ class TrainingBoundAttnProcessor(BoundAttnProcessor):
         super().__init__(positions, changes)
         self.base_k, self.base_v = base_k, base_v
         self.bias_k, self.bias_v = bias_k, bias_v
+        # The attention loss's input: per call, each concept's attention map (c, b, queries), summed over
+        # its token's positions and averaged over heads. None: not recorded (plain SDPA).
+        self.maps: list[torch.Tensor] | None = None
+
+    def attend(self, query, key, value, attention_mask, states):
+        if self.maps is None:
+            return super().attend(query, key, value, attention_mask, states)
+        # The attention probabilities themselves are needed (SDPA does not return them): (b, heads, q, n).
+        logits = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        probs = logits.softmax(dim=-1)
+        token = self.positions.masks_for_states(states)[:, 0].to(probs.dtype)  # (c, b, n)
+        self.maps.append(torch.einsum("bhqn,cbn->cbq", probs, token) / probs.shape[1])
+        return probs @ value
 
     def base_projections(self, attn, states):
         return F.linear(states, self.base_k, self.bias_k), F.linear(states, self.base_v, self.bias_v)
 
     def deltas(self, attn, change):
         return attn.to_k.weight - self.base_k, attn.to_v.weight - self.base_v
+
+
+def take_attention_maps(unet: torch.nn.Module) -> list[torch.Tensor]:
+    """The token attention maps recorded since the last call, (c, b, queries) per attn2 call, and forget them."""
+    maps = []
+    for attn in spatial_attn2_modules(unet).values():
+        recorded = getattr(attn.processor, "maps", None)
+        if recorded:
+            maps += recorded
+            recorded.clear()
+    return maps
 
 
 def spatial_attn2_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -241,8 +270,9 @@ def class_word_ids(tokenizer, class_word: str | None) -> list[int]:
 
 
 def install_bound_training(unet: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer, tokens: list[str],
-                           class_words: list[str], binding: str):
+                           class_words: list[str], binding: str, record_attention: bool = False):
     """Put TrainingBoundAttnProcessors on every spatial attn2; returns a function that takes them off.
+    `record_attention`: each processor keeps its token attention maps for the attention loss (`take_attention_maps`).
 
     All trained tokens are bound together (one change per module is trained for all concepts, as in
     merged training); the text encoder hook records ids for the masks.
@@ -263,6 +293,9 @@ def install_bound_training(unet: torch.nn.Module, text_encoder: torch.nn.Module,
             None if attn.to_k.bias is None else attn.to_k.bias.detach().clone(),
             None if attn.to_v.bias is None else attn.to_v.bias.detach().clone()))
     handle = positions.hook(text_encoder)
+    if record_attention:
+        for name in originals:
+            spatial_attn2_modules(unet)[name].processor.maps = []
 
     def remove() -> None:
         handle.remove()

@@ -41,6 +41,10 @@ TRAININGS = {
     "values": ["--binding", "values"],
     "locked": ["--binding", "locked"],
     "locked+class": ["--binding", "locked+class"],
+    "token_subject": ["--binding", "token", "--loss-on-subject"],  # Break-A-Scene's masked loss
+    "token_attention": ["--binding", "token", "--attention-loss-weight", "0.1"],  # Break-A-Scene's attention loss
+    "token_break": ["--binding", "token", "--loss-on-subject", "--attention-loss-weight", "0.01"],  # both, as published
+    "token_break_strong": ["--binding", "token", "--loss-on-subject", "--attention-loss-weight", "0.1"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
 }
@@ -57,6 +61,10 @@ ROWS = {
     "locked": dict(training="locked"),
     "locked+class": dict(training="locked+class"),
     "token_as_merged": dict(training="token", concept_binding="merged"),
+    "token_subject": dict(training="token_subject"),
+    "token_attention": dict(training="token_attention"),
+    "token_break": dict(training="token_break"),
+    "token_break_strong": dict(training="token_break_strong"),
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
     "token_start": dict(training="token", concept_start=0.24),
@@ -148,7 +156,7 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
     caption file naming its background (as a user's photos show the subject in several places)."""
     from PIL import Image
 
-    from cdvideo.shapes.world import concept_scene, draw_frame
+    from cdvideo.shapes.world import concept_scene, draw_frame, shape_mask
 
     folder.mkdir(parents=True, exist_ok=True)
     colours = allowed_colours(concept)
@@ -156,6 +164,10 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
         background = "black" if backgrounds == "black" else colours[seed % len(colours)]
         scene = concept_scene(np.random.default_rng(seed), background=background, concept=concept)
         Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}.png")
+        # The subject mask (as a user's segmentation would give it), read by --loss-on-subject / --attention-loss-weight.
+        obj = scene.objects[0]
+        mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{seed}.mask.png")
         if backgrounds != "black":
             (folder / f"{seed}.txt").write_text(f"a {{token}} {{class_word}} on a {background} background\n")
     return folder

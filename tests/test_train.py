@@ -274,7 +274,7 @@ def test_random_rescale_matches_custom_diffusion():
     generator = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(60):
-        pixels, mask, prompt = random_rescale(image, "photo of a <new1> dog", 128, generator)
+        pixels, mask, prompt, _ = random_rescale(image, "photo of a <new1> dog", 128, generator)
         assert pixels.shape == (3, 128, 128) and mask.shape == (1, 16, 16)
         prefix = prompt.removesuffix("photo of a <new1> dog")
         if prefix in SMALL_PREFIXES:

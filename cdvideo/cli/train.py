@@ -31,6 +31,10 @@ _HELP = {
     "binding": "where the key/value change acts: token (default: only at the new token, so the rest of a prompt "
                "keeps working), token+class, values, locked, locked+class, or merged (every word: the paper's way)",
     "train_token": "train the new token's embedding (default); --no-train-token keeps the initializer word's",
+    "loss_on_subject": "with subject masks (NAME.mask.png beside each image, white = subject): the diffusion loss "
+                       "counts only the subject, so the concept does not learn the photos' backgrounds",
+    "attention_loss_weight": "with subject masks: weight of the loss that keeps the token's cross-attention on the "
+                             "subject (Break-A-Scene; 0 off)",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one)",

@@ -72,6 +72,13 @@ class TrainConfig:
     # token's embedding, so the text encoder reads "<new1> dog" as it reads the initializer word, and
     # the concept lives only in the (bound) key/value change.
     train_token: bool = True
+    # Subject masks (`NAME.mask.png` beside each image, white = subject) let two Break-A-Scene losses
+    # (Avrahami et al., 2023) keep the concept to its subject. loss_on_subject: the diffusion loss counts
+    # only the subject's latents, so the token does not learn the photos' backgrounds and emptiness.
+    loss_on_subject: bool = False
+    # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
+    # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
+    attention_loss_weight: float = 0.0
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -144,7 +151,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.resolution < 0 or self.resolution % 8:
             raise ConfigError(f"resolution must be a multiple of 8 (latents are 1/8 of the image), got {self.resolution}")
-        for name in ("learning_rate", "spl_weight", "prior_loss_weight", "max_grad_norm", "adam_epsilon"):
+        if self.attention_loss_weight > 0 and self.binding == "merged":
+            raise ConfigError("attention_loss_weight needs the token's own attention, which merged training does not "
+                              "compute: pass --binding token (or another bound binding)")
+        for name in ("learning_rate", "spl_weight", "prior_loss_weight", "max_grad_norm", "adam_epsilon",
+                     "attention_loss_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.holdout < 0:

@@ -22,6 +22,14 @@ FEW_IMAGES = 3
 SHRINK_PROBABILITY = 0.66
 SMALL_PREFIXES = ("a far away ", "very small ")
 LARGE_PREFIXES = ("zoomed in ", "close up ")
+# `NAME.mask.png` beside `NAME.png`: the subject's mask (white = subject), as Break-A-Scene's masks.
+MASK_SUFFIX = ".mask"
+
+
+def image_paths(folder: Path) -> list[Path]:
+    """The training images in `folder`, sorted by name; `NAME.mask.png` files are subject masks, not images."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.stem.endswith(MASK_SUFFIX))
 
 
 def load_image_folder(folder: str | Path, what: str = "images") -> list:
@@ -31,7 +39,7 @@ def load_image_folder(folder: str | Path, what: str = "images") -> list:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputFileError(f"{what} folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = image_paths(folder)
     if not paths:
         raise InputFileError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     images = []
@@ -49,7 +57,7 @@ def image_captions(folder: str | Path, default: str) -> list[str]:
     (the usual layout of captioned training sets), else `default`. A caption names {token} and {class_word}
     as --instance-prompt does (e.g. "a photo of a {token} {class_word} on a beach")."""
     folder = Path(folder)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = image_paths(folder)
     captions = []
     for path in paths:
         text_file = path.with_suffix(".txt")
@@ -65,6 +73,34 @@ def image_captions(folder: str | Path, default: str) -> list[str]:
                                  f"e.g. 'a photo of a {{token}} {{class_word}} on a beach'; got {caption[:60]!r}")
         captions.append(caption)
     return captions
+
+
+def load_subject_masks(folder: str | Path, images: list) -> list | None:
+    """Each image's subject mask, in load_image_folder's order, as a PIL "L" image of the image's size: `NAME.mask.png`
+    beside `NAME.png` (white = subject). None when the folder has no masks; an error naming the first image
+    without one when only some have them, or a mask of another size."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    paths = image_paths(folder)
+    found = [p.with_name(p.stem + MASK_SUFFIX + ".png") for p in paths]
+    if not any(f.is_file() for f in found):
+        return None
+    masks = []
+    for path, mask_path, image in zip(paths, found, images):
+        if not mask_path.is_file():
+            raise InputFileError(f"{path} has no subject mask {mask_path.name} while other images in {folder} do: "
+                                 "give every image a mask (white = subject) or none")
+        try:
+            with Image.open(mask_path) as mask:
+                mask = mask.convert("L")
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputFileError(f"cannot read subject mask {mask_path}: {error}".splitlines()[0]) from error
+        if mask.size != image.size:
+            raise InputFileError(f"subject mask {mask_path} is {mask.size[0]}x{mask.size[1]}, its image "
+                                 f"{image.size[0]}x{image.size[1]}: masks must match their images")
+        masks.append(mask)
+    return masks
 
 
 def warn_if_few(images: list, folder: str) -> None:
@@ -92,11 +128,13 @@ def to_tensor(image) -> torch.Tensor:
 
 
 def random_rescale(image, prompt: str, size: int, generator: torch.Generator, augment: bool = True,
-                   hflip: bool = True, latent_factor: int = 8) -> tuple[torch.Tensor, torch.Tensor, str]:
+                   hflip: bool = True, latent_factor: int = 8, subject=None
+                   ) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor | None]:
     """Implements Custom Diffusion's training augmentation (Kumari et al., 2023): random rescale, mask, prompt prefix.
 
     Returns the image (3, size, size) in [-1, 1], the valid-region mask (1, size/8, size/8) in
-    latent resolution, and the prompt with a size prefix when the subject became small or large.
+    latent resolution, the prompt with a size prefix when the subject became small or large, and the
+    subject mask (`subject`, a PIL "L" image or None) moved exactly as the image, (1, size, size) in [0, 1].
     A shrunken image sits on a black canvas; its mask leaves out a one-latent-pixel border so the
     loss never sees the canvas edge.
     """
@@ -104,6 +142,7 @@ def random_rescale(image, prompt: str, size: int, generator: torch.Generator, au
 
     if hflip and _uniform(generator) < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        subject = None if subject is None else subject.transpose(Image.FLIP_LEFT_RIGHT)
     scale = size
     if augment:
         if _uniform(generator) < SHRINK_PROBABILITY:
@@ -117,22 +156,30 @@ def random_rescale(image, prompt: str, size: int, generator: torch.Generator, au
         prompt = LARGE_PREFIXES[_randint(generator, 0, 2)] + prompt
 
     resized = to_tensor(image.resize((scale, scale), resample=Image.BILINEAR))  # (3, scale, scale)
+    subject_resized = None if subject is None else \
+        torch.from_numpy(np.asarray(subject.resize((scale, scale), resample=Image.BILINEAR), dtype=np.float32) / 255.0)[None]
+    subject_out = None
     latent = size // latent_factor
     if scale > size:
         top, left = _randint(generator, 0, scale - size + 1), _randint(generator, 0, scale - size + 1)
         pixels = resized[:, top : top + size, left : left + size]
+        if subject_resized is not None:
+            subject_out = subject_resized[:, top : top + size, left : left + size]
         mask = torch.ones(1, latent, latent)
     else:
         top, left = _randint(generator, 0, size - scale + 1), _randint(generator, 0, size - scale + 1)
         pixels = torch.zeros(3, size, size)
         pixels[:, top : top + scale, left : left + scale] = resized
+        if subject_resized is not None:
+            subject_out = torch.zeros(1, size, size)
+            subject_out[:, top : top + scale, left : left + scale] = subject_resized
         mask = torch.zeros(1, latent, latent)
         if scale == size:
             mask[:] = 1.0
         else:
             f = latent_factor
             mask[:, top // f + 1 : (top + scale) // f - 1, left // f + 1 : (left + scale) // f - 1] = 1.0
-    return pixels, mask, prompt
+    return pixels, mask, prompt, subject_out
 
 
 @dataclass
@@ -142,6 +189,7 @@ class Example:
     image: object  # PIL RGB
     prompt: str
     concept: int
+    subject: object = None  # PIL "L": the subject's mask (white = subject), when the folder has masks
 
 
 class EpochSampler:
@@ -173,20 +221,23 @@ class EpochSampler:
 
 def make_batch(examples: list[Example], indices: list[int], size: int, generator: torch.Generator,
                augment: bool, hflip: bool, latent_factor: int = 8) -> dict:
-    """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/f, s/f) for the VAE's factor f, prompts, concepts."""
-    pixels, masks, prompts = [], [], []
+    """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/f, s/f) for the VAE's factor f, prompts,
+    concepts, and subjects (b, 1, s, s) when every example has a subject mask (else None)."""
+    pixels, masks, prompts, subjects = [], [], [], []
     for index in indices:
         example = examples[index]
-        image, mask, prompt = random_rescale(example.image, example.prompt, size, generator, augment, hflip,
-                                             latent_factor)
+        image, mask, prompt, subject = random_rescale(example.image, example.prompt, size, generator, augment, hflip,
+                                                      latent_factor, example.subject)
         pixels.append(image)
         masks.append(mask)
         prompts.append(prompt)
+        subjects.append(subject)
     return {
         "pixels": torch.stack(pixels),
         "masks": torch.stack(masks),
         "prompts": prompts,
         "concepts": [examples[i].concept for i in indices],
+        "subjects": None if any(s is None for s in subjects) else torch.stack(subjects),
     }
 
 

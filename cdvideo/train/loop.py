@@ -27,12 +27,15 @@ from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
 from cdvideo.train.config import TrainConfig, fill_prompt
-from cdvideo.train.data import (EpochSampler, Example, image_captions, load_image_folder, make_batch, plain_batch,
-                                warn_if_few)
-from cdvideo.train.losses import eos_positions, masked_diffusion_loss, spl_loss, text_features
+from cdvideo.binding import install_bound_training, take_attention_maps
+from cdvideo.train.data import (EpochSampler, Example, image_captions, load_image_folder, load_subject_masks, make_batch,
+                                plain_batch, warn_if_few)
+from cdvideo.train.losses import (attention_loss, eos_positions, masked_diffusion_loss, spl_loss, subject_latent_mask,
+                                  text_features)
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
 
-LOG_COLUMNS = ["step", "loss", "diffusion", "prior", "spl", "lr", "seconds"]
+LOG_COLUMNS = ["step", "loss", "diffusion", "prior", "spl", "attention", "lr", "seconds"]
+LOSSES = LOG_COLUMNS[1:6]
 TRAINABLE = {"kv": ("to_k", "to_v"), "crossattn": ("to_k", "to_v", "to_q", "to_out.0")}
 
 
@@ -105,18 +108,25 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         messages.append(message)
         warnings.warn(message, stacklevel=3)
 
-    instance_images, instance_captions = [], []
+    instance_images, instance_captions, instance_subjects = [], [], []
+    uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0
     for concept in config.concepts:
         images = load_image_folder(concept.images)
         warn_if_few(images, concept.images)
         instance_images.append(images)
         instance_captions.append(image_captions(concept.images, config.instance_prompt))
+        subjects = load_subject_masks(concept.images, images) if uses_subjects else None
+        if uses_subjects and subjects is None:
+            raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject and "
+                              "--attention-loss-weight need: put NAME.mask.png (white = subject) beside each NAME.png")
+        instance_subjects.append(subjects or [None] * len(images))
     heldout_images = [[] for _ in config.concepts]
     if config.keep == "best" and config.holdout:
         for i, images in enumerate(instance_images):
             if len(images) > config.holdout:
                 heldout_images[i], instance_images[i] = images[-config.holdout:], images[: -config.holdout]
                 instance_captions[i] = instance_captions[i][: -config.holdout]
+                instance_subjects[i] = instance_subjects[i][: -config.holdout]
             else:
                 say(f"{config.concepts[i].images}: too few images to hold {config.holdout} out for scoring; "
                     "checkpoints are scored on training images")
@@ -192,10 +202,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         names = [n for n in names if ".to_v." in n]
     unbind = None
     if config.binding != "merged":  # the change acts only at the new tokens' positions (cdvideo.binding)
-        from cdvideo.binding import install_bound_training
-
         unbind = install_bound_training(unet, text_encoder, tokenizer, tokens,
-                                        [c.class_word for c in config.concepts], config.binding)
+                                        [c.class_word for c in config.concepts], config.binding,
+                                        record_attention=config.attention_loss_weight > 0)
     params = dict(unet.named_parameters())
     for name in names:
         params[name].requires_grad_(True)
@@ -219,9 +228,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
 
     # 7. Data, the fixed SPL class features, and the scorer.
-    examples = [Example(im, fill_prompt(caption, tokens[i], c.class_word), i)
+    examples = [Example(im, fill_prompt(caption, tokens[i], c.class_word), i, subject)
                 for i, (c, images) in enumerate(zip(config.concepts, instance_images))
-                for im, caption in zip(images, instance_captions[i])]
+                for im, caption, subject in zip(images, instance_captions[i], instance_subjects[i])]
     sampler = EpochSampler(len(examples), generator)
     class_sampler = EpochSampler(len(class_examples), generator) if class_examples else None
     eos_id = tokenizer.eos_token_id
@@ -276,7 +285,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     started = time.perf_counter()
     while step < config.steps:
         step_started = time.perf_counter()
-        totals = dict.fromkeys(LOG_COLUMNS[1:5], 0.0)
+        totals = dict.fromkeys(LOSSES, 0.0)
         for _ in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
                 batch = make_batch(examples, sampler.next_indices(config.batch_size), size, generator,
@@ -303,7 +312,13 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
-                diffusion = masked_diffusion_loss(prediction[:n], target[:n], batch["masks"].to(device))
+                loss_mask = batch["masks"]
+                if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
+                    loss_mask = loss_mask * subject_latent_mask(batch["subjects"], loss_mask.shape[-1])
+                diffusion = masked_diffusion_loss(prediction[:n], target[:n], loss_mask.to(device))
+                attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)), batch["subjects"],
+                                           batch["concepts"]) if config.attention_loss_weight > 0 \
+                    else torch.zeros((), device=device)
                 prior_loss = masked_diffusion_loss(prediction[n:], target[n:], torch.ones_like(target[n:, :1])) \
                     if class_sampler is not None else torch.zeros((), device=device)
                 if with_spl:
@@ -314,14 +329,15 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                         token_features = text_features(accelerator.unwrap_model(text_encoder), token_phrase_ids,
                                                        eos_id, config.spl_pooling)
                 spl = spl_loss(token_features, class_features)
-                loss = diffusion + config.prior_loss_weight * prior_loss + config.spl_weight * spl
+                loss = (diffusion + config.prior_loss_weight * prior_loss + config.spl_weight * spl
+                        + config.attention_loss_weight * attention)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                                 config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for key, value in zip(LOG_COLUMNS[1:5], (loss, diffusion, prior_loss, spl)):
+            for key, value in zip(LOSSES, (loss, diffusion, prior_loss, spl, attention)):
                 totals[key] += float(value.detach()) / config.gradient_accumulation_steps
         step += 1
         bar.update(1)
@@ -331,7 +347,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                               "or use --mixed-precision no")
         if accelerator.is_main_process:
             with open(log_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOG_COLUMNS[1:5]]
+                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOSSES]
                                             + [f"{learning_rate:.3g}", f"{time.perf_counter() - step_started:.4f}"])
 
         # Checkpoint (and score) every checkpoint_every steps and at the end.

@@ -48,3 +48,30 @@ def spl_loss(token_features: torch.Tensor, class_features: torch.Tensor) -> torc
     averaged over the k concepts trained together.
     """
     return (1 - F.cosine_similarity(token_features.float(), class_features.float(), dim=-1)).mean()
+
+
+def subject_latent_mask(subjects: torch.Tensor, latent: int) -> torch.Tensor:
+    """Subject masks (b, 1, s, s) in [0, 1] -> (b, 1, latent, latent): 1 in every latent cell the subject touches."""
+    return (F.adaptive_max_pool2d(subjects, latent) > 0.5).float()
+
+
+def attention_loss(maps: list[torch.Tensor], subjects: torch.Tensor, concepts: list[int]) -> torch.Tensor:
+    """Implements Break-A-Scene's cross-attention loss (Avrahami et al., 2023): each example's attention map of
+    its concept's token, normalised to a maximum of 1, should be its subject mask, so the token is attended
+    where the subject is and nowhere else (and leaves the rest of a scene to the other words).
+
+    maps: per attn2 call (c, b', q) with q = h * w of that layer (b' >= b: prior images may follow);
+    subjects: (b, 1, s, s); concepts: each example's concept index. Mean squared error over layers and examples.
+    """
+    b = subjects.shape[0]
+    index = torch.tensor(concepts, device=subjects.device)
+    losses = []
+    for layer in maps:
+        side = int(round(layer.shape[-1] ** 0.5))
+        attention = layer[index, torch.arange(b, device=layer.device)].float()  # (b, q): each example's own token
+        attention = attention / attention.amax(dim=1, keepdim=True).clamp(min=1e-8)
+        target = F.adaptive_avg_pool2d(subjects.float(), side).flatten(1)  # (b, q), area-weighted
+        losses.append(F.mse_loss(attention, target.to(attention.device)))
+    if not losses:
+        raise ValueError("no attention maps were recorded: the attention loss needs a bound binding")
+    return torch.stack(losses).mean()

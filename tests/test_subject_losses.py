@@ -1,0 +1,201 @@
+"""Subject masks and Break-A-Scene's two losses: --loss-on-subject and --attention-loss-weight."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cdvideo.cli import main
+from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.train import ConceptData, TrainConfig, train
+
+SIZE = 32
+
+
+def make_masked_images(folder, count=3, seed=0, full=False):
+    """Photos with a square subject and its mask beside each (`NAME.mask.png`); `full`: the mask is everything."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = np.full((40, 40, 3), rng.integers(0, 255, 3), dtype=np.uint8)
+        mask = np.full((40, 40), 255 if full else 0, dtype=np.uint8)
+        x, y = rng.integers(4, 20, 2)
+        image[y : y + 16, x : x + 16] = rng.integers(0, 255, 3)
+        mask[y : y + 16, x : x + 16] = 255
+        Image.fromarray(image).save(folder / f"{i}.png")
+        Image.fromarray(mask).save(folder / f"{i}.mask.png")
+    return folder
+
+
+def tiny_config(images, out, **overrides):
+    settings = dict(concepts=[ConceptData(str(images), "dog")], out=str(out), model="tiny", steps=2,
+                    resolution=SIZE, validation_video=False, device="cpu", learning_rate=1e-3, hflip=False)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_masks_are_read_beside_their_images_and_are_not_images(tmp_path):
+    from cdvideo.train.data import image_captions, load_image_folder, load_subject_masks
+
+    folder = make_masked_images(tmp_path / "dog")
+    images = load_image_folder(folder)
+    assert len(images) == 3  # the .mask.png files are not training images
+    assert len(image_captions(folder, "a {token} {class_word}")) == 3
+    masks = load_subject_masks(folder, images)
+    assert [m.size for m in masks] == [im.size for im in images]
+    assert np.array_equal(np.asarray(masks[1]), np.asarray(Image.open(folder / "1.mask.png").convert("L")))
+
+    (folder / "1.mask.png").unlink()
+    with pytest.raises(InputFileError, match=r"1\.png has no subject mask 1\.mask\.png"):
+        load_subject_masks(folder, images)
+    Image.new("L", (8, 8)).save(folder / "1.mask.png")
+    with pytest.raises(InputFileError, match=r"1\.mask\.png is 8x8, its image 40x40"):
+        load_subject_masks(folder, images)
+    for path in folder.glob("*.mask.png"):
+        path.unlink()
+    assert load_subject_masks(folder, images) is None
+
+
+def test_the_subject_mask_moves_exactly_as_the_image():
+    """Flips, shrinking onto the canvas and enlarged crops: the mask still covers the subject's pixels."""
+    from cdvideo.train.data import random_rescale
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[10:30, 36:60] = 255  # a white subject off-centre, so a flip or a crop that is not applied shows
+    mask = Image.fromarray((image[..., 0] > 0).astype(np.uint8) * 255)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        pixels, _, _, subject = random_rescale(Image.fromarray(image), "a dog", 32, generator, latent_factor=4,
+                                               subject=mask)
+        bright = pixels.mean(dim=0) > 0  # the subject's pixels ([-1, 1]; the canvas and background are -1)
+        assert subject.shape == (1, 32, 32)
+        assert torch.equal(subject[0] > 0.5, bright)
+
+
+def test_the_subject_does_not_change_the_random_stream():
+    """A run with masks sees exactly the crops, flips and prompts of a run without (resume relies on it)."""
+    from cdvideo.train.data import random_rescale
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    mask = Image.new("L", (40, 40), 255)
+    with_mask, without = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(8):
+        a = random_rescale(image, "a dog", 32, with_mask, subject=mask)
+        b = random_rescale(image, "a dog", 32, without)
+        assert torch.equal(a[0], b[0]) and a[2] == b[2] and b[3] is None
+
+
+def test_attention_loss_is_zero_on_the_mask_and_grows_with_leakage():
+    from cdvideo.train.losses import attention_loss
+
+    subjects = torch.zeros(2, 1, 8, 8)
+    subjects[0, :, :4, :4] = 1  # example 0: the top-left quarter
+    subjects[1, :, 4:, 4:] = 1  # example 1: the bottom-right quarter
+    on_mask = torch.stack([subjects.flatten(1) * 0.3, torch.rand(2, 64)])  # (c=2, b=2, q): concept 0's map is exact
+    assert float(attention_loss([on_mask], subjects, [0, 0])) == 0.0
+    spread = on_mask.clone()
+    spread[0, 0] += 0.3 * (1 - subjects[0].flatten())  # example 0's token attended everywhere
+    assert float(attention_loss([spread], subjects, [0, 0])) == pytest.approx(0.75 / 2)
+    # Each example reads its own concept's map: concept 1's random map for example 1 counts.
+    assert float(attention_loss([on_mask], subjects, [0, 1])) > 0
+    coarse = torch.zeros(2, 2, 4)  # a 2x2 layer: the mask pooled by area
+    coarse[0, :, 0] = 1.0
+    assert float(attention_loss([coarse], subjects[:1].expand(2, -1, -1, -1).contiguous(), [0, 0])) == 0.0
+
+
+def test_recording_attention_keeps_the_forward_and_gives_the_token_column():
+    from cdvideo.binding import BoundChange, TokenPositions, TrainingBoundAttnProcessor
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8)
+    positions = TokenPositions()
+    index = positions.add_concept([7], [])
+    ids = torch.tensor([[1, 7, 3, 2, 2], [1, 3, 3, 2, 2]])
+    states = torch.randn(2, 5, 12)
+    positions.record(ids, states)
+
+    class Live:
+        strength, factor = 1.0, 1.0
+
+    processor = TrainingBoundAttnProcessor(positions, [BoundChange(Live, index, "token", None, None)],
+                                           attn.to_k.weight.detach().clone(), attn.to_v.weight.detach().clone())
+    with torch.no_grad():
+        attn.to_k.weight.add_(0.5 * torch.randn_like(attn.to_k.weight))  # a trained change, acting at id 7 only
+    hidden = torch.randn(2, 9, 16)
+    attn.set_processor(processor)
+    plain = attn(hidden, encoder_hidden_states=states)
+    processor.maps = []
+    recorded = attn(hidden, encoder_hidden_states=states)
+    torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-6)
+    (tokens_map,) = processor.maps
+    assert tokens_map.shape == (1, 2, 9)
+    assert torch.equal(tokens_map[0, 1], torch.zeros(9))  # no token in the second prompt: no attention to it
+    # The first prompt's map is the softmax column at position 1, averaged over the heads.
+    query = attn.to_q(hidden[:1]).view(1, 9, 2, 8).transpose(1, 2)
+    key = (states[:1] @ processor.base_k.T)
+    key[:, 1] = states[:1, 1] @ attn.to_k.weight.T
+    key = key.view(1, 5, 2, 8).transpose(1, 2)
+    expected = (query @ key.transpose(-1, -2) / 8 ** 0.5).softmax(-1)[..., 1].mean(dim=1)
+    torch.testing.assert_close(tokens_map[0, :1].detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def load_components():
+    from cdvideo.models import load_preset, load_training_components
+
+    return load_training_components(load_preset("tiny"), device="cpu", dtype=torch.float32)
+
+
+def test_a_mask_that_covers_everything_trains_as_no_mask(tmp_path):
+    """--loss-on-subject with full masks is plain training, to the bit: the masks go only where they should."""
+    from cdvideo.concept import load_concept
+
+    full = make_masked_images(tmp_path / "full", full=True)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for path in full.glob("?.png"):
+        (plain / path.name).write_bytes(path.read_bytes())
+    a = train(tiny_config(full, tmp_path / "a.safetensors", loss_on_subject=True), progress=False)
+    b = train(tiny_config(plain, tmp_path / "b.safetensors"), progress=False)
+    ca, cb = load_concept(a.concept), load_concept(b.concept)
+    assert all(torch.equal(ca.deltas[k], cb.deltas[k]) for k in cb.deltas)
+    assert torch.equal(ca.tokens["<new1>"], cb.tokens["<new1>"])
+
+
+def test_the_losses_change_training_and_are_logged(tmp_path):
+    images = make_masked_images(tmp_path / "dog")
+    components = load_components()
+    result = train(tiny_config(images, tmp_path / "dog.safetensors", loss_on_subject=True, attention_loss_weight=0.5,
+                               steps=3), progress=False, components=components)
+    log = np.genfromtxt(result.output_dir / "loss.csv", delimiter=",", names=True)
+    assert (log["attention"] > 0).all() and np.allclose(log["loss"], log["diffusion"] + log["spl"] + 0.5 * log["attention"],
+                                                         rtol=1e-4)
+    # The processors are gone after training: the returned UNet renders with its own.
+    assert not any(hasattr(m.processor, "maps") for name, m in components["unet"].named_modules()
+                   if name.endswith("attn2"))
+    plain = train(tiny_config(images, tmp_path / "plain.safetensors", steps=3), progress=False)
+    from cdvideo.concept import load_concept
+
+    ca, cb = load_concept(result.concept), load_concept(plain.concept)
+    assert any(not torch.equal(ca.deltas[k], cb.deltas[k]) for k in cb.deltas)
+
+
+def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, monkeypatch):
+    import cdvideo.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+    plain = tmp_path / "plain"
+    make_masked_images(plain)
+    for path in plain.glob("*.mask.png"):
+        path.unlink()
+    with pytest.raises(ConfigError, match="has no subject masks.*NAME.mask.png"):
+        train(tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01), progress=False)
+    with pytest.raises(ConfigError, match="attention_loss_weight needs .*--binding token"):
+        tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01, binding="merged").check()
+    code = main(["train", "--images", str(plain), "--class-word", "dog", "--out", str(tmp_path / "x.safetensors"),
+                 "--model", "tiny", "--loss-on-subject"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "NAME.mask.png" in err[0]
