@@ -45,6 +45,9 @@ TRAININGS = {
     "token_attention": ["--binding", "token", "--attention-loss-weight", "0.1"],  # Break-A-Scene's attention loss
     "token_break": ["--binding", "token", "--loss-on-subject", "--attention-loss-weight", "0.01"],  # both, as published
     "token_break_strong": ["--binding", "token", "--loss-on-subject", "--attention-loss-weight", "0.1"],
+    # Composite scenes ({composites}: the world's scenes file the script writes beside the images).
+    "token_composites": ["--binding", "token", "--composites", "{composites}"],
+    "token_composites_attention": ["--binding", "token", "--composites", "{composites}", "--attention-loss-weight", "0.1"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
 }
@@ -65,6 +68,8 @@ ROWS = {
     "token_attention": dict(training="token_attention"),
     "token_break": dict(training="token_break"),
     "token_break_strong": dict(training="token_break_strong"),
+    "token_composites": dict(training="token_composites"),
+    "token_composites_attention": dict(training="token_composites_attention"),
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
     "token_start": dict(training="token", concept_start=0.24),
@@ -74,6 +79,7 @@ ROWS = {
 DEFAULT_ROWS = ["base", "custom_diffusion", "classdiffusion", "classdiffusion_start", "token", "token+class",
                 "values", "locked", "token_start", "token_schedule"]
 TRAIN_IMAGES = 5
+COMPOSITES = 20  # composite scenes per concept (--composites rows): 20 composites beside the 5 photos
 JUDGED = ["concept", "others", "motion", "everything", "background", "extra_objects"]
 
 
@@ -173,6 +179,25 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
     return folder
 
 
+def write_composites(path: Path, concept: dict, n: int = COMPOSITES, seed: int = 1000) -> Path:
+    """The composite scenes file for `cdvideo train --composites`: `n` one-object scenes of the world in its
+    grammar, drawn from `seed` (not the prompts' seed), each captioned with the concept beside the object."""
+    from cdvideo.shapes.world import SHAPES
+
+    rng = np.random.default_rng(seed)
+    colours = allowed_colours(concept)
+    lines = []
+    while len(lines) < n:
+        background = str(rng.choice(colours))
+        colour = str(rng.choice([c for c in colours if c != background]))
+        thing = f"{rng.choice(['', 'small ', 'big '])}{colour} {rng.choice(SHAPES)}"
+        line = f"a {thing} on a {background} background | a {{token}} {{class_word}} and a {thing} on a {background} background"
+        if line not in lines:
+            lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def train_command(args, images: Path, concept: dict, flags: list[str], out: Path) -> list[str]:
     """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
     from cdvideo.shapes.world import SIZE
@@ -188,7 +213,8 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         "--instance-prompt", "a {token} {class_word} on a black background", "--spl-prompt", "a {token} {class_word}",
         "--initializer-token", concept["class_word"],
         "--seed", str(args.train_seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
-        "--device", args.device, *flags,
+        "--device", args.device,
+        *(f.format(composites=write_composites(images.with_name(images.name + "-composites.txt"), concept)) for f in flags),
     ]
 
 

@@ -1,5 +1,7 @@
 """Subject masks and Break-A-Scene's two losses: --loss-on-subject and --attention-loss-weight."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -199,3 +201,59 @@ def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, mon
                  "--model", "tiny", "--loss-on-subject"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "NAME.mask.png" in err[0]
+
+
+def test_composites_file_errors_name_the_line(tmp_path):
+    from cdvideo.train.data import read_composites
+
+    good = tmp_path / "scenes.txt"
+    good.write_text("# scenes\na cat on a sofa | a photo of a {token} {class_word} and a cat on a sofa\n\n")
+    assert read_composites(good) == [("a cat on a sofa", "a photo of a {token} {class_word} and a cat on a sofa")]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a cat on a sofa | a photo of a {token} {class_word}\na beach\n")
+    with pytest.raises(InputFileError, match=r"bad\.txt:2: write 'SCENE PROMPT \| CAPTION'"):
+        read_composites(bad)
+    with pytest.raises(InputFileError, match="composites file not found"):
+        read_composites(tmp_path / "missing.txt")
+
+
+def test_the_subject_is_pasted_where_the_scene_is_plainest():
+    from cdvideo.train.data import paste_subject
+
+    scene = np.zeros((40, 40, 3), dtype=np.uint8)
+    scene[:, :20] = np.random.default_rng(0).integers(0, 255, (40, 20, 3))  # busy left half, plain right half
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[5:15, 5:15] = (250, 200, 0)  # the subject at the top left
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[5:15, 5:15] = 255
+    composite, moved = paste_subject(Image.fromarray(scene), Image.fromarray(image), Image.fromarray(mask))
+    composite, moved = np.asarray(composite), np.asarray(moved) > 127
+    assert moved.sum() == 100 and np.nonzero(moved)[1].min() >= 20  # moved whole into the plain half
+    assert (composite[moved] == (250, 200, 0)).all()
+    assert np.array_equal(composite[~moved], scene[~moved])  # the rest is the scene
+
+
+def test_composites_are_rendered_once_and_trained_with_their_captions(tmp_path, monkeypatch):
+    import cdvideo.train.loop as loop
+
+    images = make_masked_images(tmp_path / "dog", count=2)
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text("a cat | a photo of a {token} {class_word} and a cat\na sofa | a {token} {class_word} on a sofa\n")
+    seen_prompts = []
+    original = loop.make_batch
+
+    def spy(examples, *args, **kwargs):
+        batch = original(examples, *args, **kwargs)
+        seen_prompts.extend(batch["prompts"])
+        return batch
+
+    monkeypatch.setattr(loop, "make_batch", spy)
+    config = tiny_config(images, tmp_path / "dog.safetensors", composites=str(scenes), steps=4, augment=False)
+    result = train(config, progress=False)
+    rendered = sorted((result.output_dir / "composites").glob("*.png"))
+    assert [p.name[:4] for p in rendered] == ["0000", "0001"]
+    assert set(seen_prompts) == {"photo of a <new1> dog", "a photo of a <new1> dog and a cat", "a <new1> dog on a sofa"}
+    stamps = [p.stat().st_mtime_ns for p in rendered]
+    train(dataclasses.replace(config, out=str(tmp_path / "again.safetensors"),
+                              output_dir=str(result.output_dir)), progress=False)
+    assert [p.stat().st_mtime_ns for p in sorted((result.output_dir / "composites").glob("*.png"))] == stamps

@@ -35,6 +35,8 @@ _HELP = {
                        "counts only the subject, so the concept does not learn the photos' backgrounds",
     "attention_loss_weight": "with subject masks: weight of the loss that keeps the token's cross-attention on the "
                              "subject (Break-A-Scene; 0 off)",
+    "composites": "with subject masks: a file of 'SCENE PROMPT | CAPTION' lines; the base model renders each scene, "
+                  "the subject is pasted in, and the composite trains with its caption (the concept learns to share a scene)",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one)",

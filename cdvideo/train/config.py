@@ -79,6 +79,11 @@ class TrainConfig:
     # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
     # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
     attention_loss_weight: float = 0.0
+    # Composite scenes (needs subject masks): a file of `SCENE PROMPT | CAPTION` lines. The base model renders
+    # each scene before training; the subject (one training image in turn) is pasted in, and the composite
+    # trains with its caption (e.g. "a {token} {class_word} and a cat on a sofa"). The concept so learns to
+    # share a scene with other things, which its few photos never show. Each line adds one training example.
+    composites: str = ""
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the

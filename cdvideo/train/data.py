@@ -103,6 +103,58 @@ def load_subject_masks(folder: str | Path, images: list) -> list | None:
     return masks
 
 
+def read_composites(path: str | Path) -> list[tuple[str, str]]:
+    """The composite scenes file: one `SCENE PROMPT | CAPTION` per line (blank lines and `#` comments skipped).
+    The base model renders each scene; the subject is pasted in; the caption ({token} and {class_word} filled in)
+    names both, e.g. `a cat on a sofa | a photo of a {token} {class_word} and a cat on a sofa`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"composites file not found: {path}")
+    scenes = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        scene, bar, caption = (part.strip() for part in line.partition("|"))
+        if not bar or not scene or "{token}" not in caption:
+            raise InputFileError(f"{path}:{number}: write 'SCENE PROMPT | CAPTION' with {{token}} in the caption, "
+                                 f"e.g. 'a cat on a sofa | a photo of a {{token}} {{class_word}} and a cat on a sofa'; "
+                                 f"got {line[:60]!r}")
+        scenes.append((scene, caption))
+    if not scenes:
+        raise InputFileError(f"composites file {path} holds no scenes")
+    return scenes
+
+
+def paste_subject(scene, image, subject, grid: int = 5):
+    """`image`'s subject (where its mask `subject` is white) pasted onto `scene` (resized to the image) where the scene
+    is plainest, so that it hides as little of what the scene shows (and its caption names) as it can: of a
+    `grid` x `grid` set of places, the one where the scene's pixels under the mask vary least.
+    Returns the composite (PIL RGB) and the subject's mask there (PIL "L")."""
+    from PIL import Image
+
+    canvas = np.asarray(scene.convert("RGB").resize(image.size, resample=Image.BILINEAR), dtype=np.float32)
+    pixels, mask = np.asarray(image, dtype=np.float32), np.asarray(subject, dtype=np.float32) / 255.0
+    rows, cols = np.nonzero(mask > 0.5)
+    if rows.size == 0:
+        return Image.fromarray(canvas.astype(np.uint8)), subject
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    piece, weight = pixels[top:bottom, left:right], mask[top:bottom, left:right, None]
+    h, w = bottom - top, right - left
+    best = None
+    for y in np.linspace(0, canvas.shape[0] - h, grid).round().astype(int):
+        for x in np.linspace(0, canvas.shape[1] - w, grid).round().astype(int):
+            under = canvas[y : y + h, x : x + w][weight[..., 0] > 0.5]  # (k, 3) scene pixels the subject would hide
+            spread = float(under.std(axis=0).sum())
+            if best is None or spread < best[0]:
+                best = (spread, y, x)
+    _, y, x = best
+    out, moved = canvas.copy(), np.zeros(mask.shape, dtype=np.float32)
+    out[y : y + h, x : x + w] = weight * piece + (1 - weight) * out[y : y + h, x : x + w]
+    moved[y : y + h, x : x + w] = weight[..., 0]
+    return (Image.fromarray(out.round().astype(np.uint8)), Image.fromarray((moved * 255).round().astype(np.uint8)))
+
+
 def warn_if_few(images: list, folder: str) -> None:
     if len(images) < FEW_IMAGES:
         warnings.warn(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import re
 import time
@@ -29,7 +30,7 @@ from cdvideo.train import checkpoints as ckpt
 from cdvideo.train.config import TrainConfig, fill_prompt
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, load_image_folder, load_subject_masks, make_batch,
-                                plain_batch, warn_if_few)
+                                paste_subject, plain_batch, read_composites, warn_if_few)
 from cdvideo.train.losses import (attention_loss, eos_positions, masked_diffusion_loss, spl_loss, subject_latent_mask,
                                   text_features)
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
@@ -109,7 +110,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         warnings.warn(message, stacklevel=3)
 
     instance_images, instance_captions, instance_subjects = [], [], []
-    uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0
+    uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0 or bool(config.composites)
+    scenes = read_composites(config.composites) if config.composites else []
     for concept in config.concepts:
         images = load_image_folder(concept.images)
         warn_if_few(images, concept.images)
@@ -117,8 +119,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         instance_captions.append(image_captions(concept.images, config.instance_prompt))
         subjects = load_subject_masks(concept.images, images) if uses_subjects else None
         if uses_subjects and subjects is None:
-            raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject and "
-                              "--attention-loss-weight need: put NAME.mask.png (white = subject) beside each NAME.png")
+            raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject, --attention-loss-weight "
+                              "and --composites need: put NAME.mask.png (white = subject) beside each NAME.png")
         instance_subjects.append(subjects or [None] * len(images))
     heldout_images = [[] for _ in config.concepts]
     if config.keep == "best" and config.holdout:
@@ -189,6 +191,23 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             class_examples += [Example(im, f"a photo of a {concept.class_word}", i)
                                for im in load_image_folder(folder, "class images")]
 
+    # 4b. Composite scenes, rendered by the base model before anything changes. Cached in the training folder
+    # under a name that says what was rendered, so an edited scenes file never reuses a stale image.
+    from PIL import Image
+
+    scene_images = []
+    for j, (scene, _) in enumerate(scenes):
+        key = hashlib.sha256(f"{preset.name}|{scene}|{size}|{preset.steps}|{config.seed + j}".encode()).hexdigest()[:12]
+        path = output_dir / "composites" / f"{j:04d}-{key}.png"
+        if not path.is_file() and accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = sample_images(parts, scene, size, preset.steps, count=1, guidance_scale=preset.guidance_scale,
+                                  negative_prompt=preset.negative_prompt, seed=config.seed + j)[0]
+            Image.fromarray(image).save(path)
+        accelerator.wait_for_everyone()
+        with Image.open(path) as image:
+            scene_images.append(image.convert("RGB"))
+
     # 5. Add the new tokens (initialised from the rare token) and choose what trains.
     tokenizer.add_tokens(tokens)
     init_row = table.weight.detach()[init_ids].mean(dim=0)  # a multi-piece initializer: the mean of its pieces
@@ -231,6 +250,11 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     examples = [Example(im, fill_prompt(caption, tokens[i], c.class_word), i, subject)
                 for i, (c, images) in enumerate(zip(config.concepts, instance_images))
                 for im, caption, subject in zip(images, instance_captions[i], instance_subjects[i])]
+    for j, ((_, caption), scene) in enumerate(zip(scenes, scene_images)):  # each scene: the concepts and images in turn
+        i = j % len(config.concepts)
+        k = (j // len(config.concepts)) % len(instance_images[i])
+        composite, subject = paste_subject(scene, instance_images[i][k], instance_subjects[i][k])
+        examples.append(Example(composite, fill_prompt(caption, tokens[i], config.concepts[i].class_word), i, subject))
     sampler = EpochSampler(len(examples), generator)
     class_sampler = EpochSampler(len(class_examples), generator) if class_examples else None
     eos_id = tokenizer.eos_token_id

@@ -70,8 +70,9 @@ def diffusion_loss_at_fixed_noise(unet, vae, text_encoder, tokenizer, noise_sche
 
 
 @torch.no_grad()
-def sample_images(components: dict, prompt: str, size: int, steps: int, count: int = SAMPLES_PER_CHECKPOINT) -> np.ndarray:
-    """Images of `prompt` from the 2D model as it is now: uint8 (n, h, w, 3), fixed seed."""
+def sample_images(components: dict, prompt: str, size: int, steps: int, count: int = SAMPLES_PER_CHECKPOINT,
+                  guidance_scale: float = 7.5, negative_prompt: str | None = None, seed: int | None = None) -> np.ndarray:
+    """Images of `prompt` from the 2D model as it is now: uint8 (n, h, w, 3), fixed seed (or `seed`)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
@@ -80,8 +81,9 @@ def sample_images(components: dict, prompt: str, size: int, steps: int, count: i
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(SCORING_SEED)
-    images = pipeline([prompt] * count, height=size, width=size, num_inference_steps=steps,
+    generator = torch.Generator().manual_seed(SCORING_SEED if seed is None else seed)
+    images = pipeline([prompt] * count, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale,
+                      negative_prompt=None if negative_prompt is None else [negative_prompt] * count,
                       generator=generator, output_type="np").images  # (n, h, w, 3) in [0, 1]
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
