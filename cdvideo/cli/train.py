@@ -44,7 +44,7 @@ _HELP = {
     "adam_weight_decay": "AdamW weight decay",
     "adam_epsilon": "AdamW epsilon",
     "max_grad_norm": "gradient-norm clip (0: none)",
-    "seed": "random seed (each process adds its index)",
+    "seed": "random seed (under accelerate launch every process draws the same stream and trains its share of each global batch)",
     "mixed_precision": "no (fp32, official), fp16 or bf16",
     "gradient_checkpointing": "recompute activations in the backward pass to save memory",
     "checkpoint_every": "save and score a checkpoint every N steps (the last step is always saved)",
@@ -134,6 +134,8 @@ def run(args) -> int:
     from cdvideo.train import train
 
     result = train(config, progress=not args.quiet)
+    if not result.main_process:  # under accelerate launch the main process reports
+        return 0
     print(f"concept: {result.concept} (weights of step {result.step})")
     if result.scores:
         print("scores: " + ", ".join(f"step {s}: {v:.4f}" for s, v in sorted(result.scores.items())))

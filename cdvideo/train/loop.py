@@ -3,8 +3,11 @@
     result = train(TrainConfig(concepts=[ConceptData("data/dog", "dog")], out="dog.safetensors"))
 
 Trained: the new tokens' embedding rows, and the spatial cross-attention to_k/to_v (plus to_q/to_out
-with train="crossattn"). Everything else is frozen. Every random draw comes from one generator per
-process, checkpointed with the optimizer, so `resume` continues exactly where a run stopped.
+with train="crossattn"). Everything else is frozen. Every random draw comes from one generator,
+checkpointed with the optimizer, so `resume` continues exactly where a run stopped. Under
+`accelerate launch` every process draws the same stream for the whole global batch (batch_size x
+processes) and trains on its share, so N processes of batch b train what one process of batch N x b
+trains, within float rounding (and so does gradient accumulation).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
@@ -64,6 +68,7 @@ class TrainResult:
     scores: dict[int, float] = field(default_factory=dict)
     video: Path | None = None
     messages: list[str] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of an `accelerate launch` run, which write nothing
 
 
 def trainable_param_names(unet: nn.Module, mode: str) -> list[str]:
@@ -134,10 +139,15 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         ckpt.check_resumable(read_yaml(output_dir / "config.yaml"), config.to_dict(), output_dir / "config.yaml")
 
     # 2. Processes, devices and precision (accelerate launch shards the work across GPUs).
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+    # cpu=True whenever the CPU is used: accelerate joins launched processes into one gloo group only then.
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and config.mixed_precision == "fp16":  # accelerate accepts it and then autocasts nothing
+        raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (on the CPU nothing would run in fp16); "
+                          "use --mixed-precision bf16 or no")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=on_cpu,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
-    device, rank = accelerator.device, accelerator.process_index
-    generator = torch.Generator().manual_seed(config.seed + rank)
+    device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
+    generator = torch.Generator().manual_seed(config.seed)  # the same in every process: see _share
 
     # 3. Load the 2D model and check the tokens against its vocabulary.
     parts = components or load_training_components(preset, device=str(device), dtype=torch.float32)
@@ -277,23 +287,30 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     while step < config.steps:
         step_started = time.perf_counter()
         totals = dict.fromkeys(LOG_COLUMNS[1:5], 0.0)
-        for _ in range(config.gradient_accumulation_steps):
+        # The whole effective batch (batch x processes x accumulation) and its random draws, the same in
+        # every process; each micro-batch of each process trains its rows of it (_share).
+        n, blocks = config.batch_size, processes * config.gradient_accumulation_steps
+        batch = make_batch(examples, sampler.next_indices(n * blocks), size, generator, config.augment, config.hflip,
+                           latent_factor)
+        all_pixels, all_prompts = batch["pixels"], batch["prompts"]
+        if class_sampler is not None:
+            chosen = [class_examples[i] for i in class_sampler.next_indices(n * blocks)]
+            prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
+            all_pixels, all_prompts = torch.cat([all_pixels, prior["pixels"]]), all_prompts + prior["prompts"]
+        shape = (len(all_prompts), vae.config.latent_channels, size // latent_factor, size // latent_factor)
+        all_draws = torch.randn(shape, generator=generator, dtype=vae.dtype)  # the VAE posterior's sample
+        all_noise = torch.randn(shape, generator=generator)
+        all_timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, shape[:1], generator=generator)
+        for micro in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
-                batch = make_batch(examples, sampler.next_indices(config.batch_size), size, generator,
-                                   config.augment, config.hflip, latent_factor)
-                pixels, prompts = batch["pixels"], batch["prompts"]
-                n = len(prompts)
-                if class_sampler is not None:
-                    chosen = [class_examples[i] for i in class_sampler.next_indices(n)]
-                    prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
-                    pixels, prompts = torch.cat([pixels, prior["pixels"]]), prompts + prior["prompts"]
+                mine = _share(micro * processes + rank, n, blocks, with_prior=class_sampler is not None)
+                prompts, masks = [all_prompts[i] for i in mine], batch["masks"][mine[:n]]
                 # Encode, noise, predict: the standard epsilon/v-prediction training step.
                 with torch.no_grad():
-                    latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.sample(generator)
+                    posterior = vae.encode(all_pixels[mine].to(device, vae.dtype)).latent_dist
+                    latents = posterior.mean + posterior.std * all_draws[mine].to(device)
                     latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8)
-                noise = torch.randn(latents.shape, generator=generator).to(device)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                          generator=generator).to(device)
+                noise, timesteps = all_noise[mine].to(device), all_timesteps[mine].to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
                 with_spl = config.spl_weight > 0 and config.train_token  # SPL moves only the token
@@ -303,8 +320,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
-                diffusion = masked_diffusion_loss(prediction[:n], target[:n], batch["masks"].to(device))
-                prior_loss = masked_diffusion_loss(prediction[n:], target[n:], torch.ones_like(target[n:, :1])) \
+                diffusion = masked_diffusion_loss(prediction[:n], target[:n], masks.to(device))
+                # The recipe's prior term is a plain per-value mean (no mask, no channel sum).
+                prior_loss = F.mse_loss(prediction[n:].float(), target[n:].float()) \
                     if class_sampler is not None else torch.zeros((), device=device)
                 if with_spl:
                     positions = eos_positions(token_phrase_ids, eos_id, config.spl_pooling)
@@ -323,6 +341,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 optimizer.zero_grad(set_to_none=True)
             for key, value in zip(LOG_COLUMNS[1:5], (loss, diffusion, prior_loss, spl)):
                 totals[key] += float(value.detach()) / config.gradient_accumulation_steps
+        if processes > 1:  # the global batch's losses, as one process would log them
+            means = accelerator.reduce(torch.tensor([totals[k] for k in LOG_COLUMNS[1:5]], device=device), "mean")
+            totals = dict(zip(LOG_COLUMNS[1:5], means.tolist()))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", spl=f"{totals['spl']:.4f}")
@@ -331,7 +352,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                               "or use --mixed-precision no")
         if accelerator.is_main_process:
             with open(log_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOG_COLUMNS[1:5]]
+                csv.writer(handle).writerow([step] + [f"{totals[k]:.9g}" for k in LOG_COLUMNS[1:5]]
                                             + [f"{learning_rate:.3g}", f"{time.perf_counter() - step_started:.4f}"])
 
         # Checkpoint (and score) every checkpoint_every steps and at the end.
@@ -366,7 +387,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unbind()
 
     # 11. The concept file: the best checkpoint's weights (keep: best) or the final ones, as deltas.
-    result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages)
+    result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages,
+                         main_process=accelerator.is_main_process)
     if not accelerator.is_main_process:
         return result
     best = _best(output_dir, scores, scorer) if config.keep == "best" else None
@@ -403,6 +425,19 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def _share(block: int, batch_size: int, blocks: int, with_prior: bool) -> list[int]:
+    """Rows of the effective batch that one micro-batch of one process trains: its instance images, then its
+    class images.
+
+    The effective batch holds batch_size x blocks instance images (blocks = processes x accumulation steps;
+    then as many class images with prior preservation); every process draws all of it from the same
+    generator and keeps its share, so the random stream, and the result, do not depend on how the work is
+    split: two processes, or accumulation, train what one bigger batch trains.
+    """
+    own = list(range(block * batch_size, (block + 1) * batch_size))
+    return own + [batch_size * blocks + i for i in own] if with_prior else own
 
 
 def _score(scorer, components: dict, batch: dict, prompt: str, references: list, size: int, steps: int,

@@ -1,0 +1,133 @@
+"""Training's scale-out and memory paths on the tiny model: several processes, checkpointing, accumulation,
+mixed precision. Each must train what the plain one-process run trains (within float rounding)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cdvideo.concept import load_concept
+from cdvideo.train import train
+from test_train import make_images, tiny_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("photos"))
+
+
+def losses(result) -> np.ndarray:
+    return np.atleast_1d(np.genfromtxt(result.output_dir / "loss.csv", delimiter=",", names=True)["loss"])
+
+
+def assert_same_concept(a, b, rtol=1e-4, atol=1e-5):
+    """Equal within float rounding as Adam sees it: its update is about +-lr (here 2e-3) whatever the gradient's
+    size, so where a gradient is near zero a rounding-level change of it moves that value by up to a few 1e-6
+    (measured: 1 value of 1024 by 2.2e-6 after 3 steps, two processes against one); atol 1e-5 is 0.5 % of one step."""
+    a, b = load_concept(a), load_concept(b)
+    assert set(a.deltas) == set(b.deltas) and set(a.tokens) == set(b.tokens)
+    assert any(float(d.abs().max()) > 1e-4 for d in a.deltas.values()), "nothing trained"
+    for name in a.deltas:
+        torch.testing.assert_close(b.deltas[name], a.deltas[name], rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    for token in a.tokens:
+        torch.testing.assert_close(b.tokens[token], a.tokens[token], rtol=rtol, atol=atol)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="two processes need two cores")
+def test_two_processes_under_accelerate_train_the_one_process_concept(photos, tmp_path):
+    """Two CPU processes of batch 1 (gloo) against one of batch 2: the same global batch and data order, so the
+    same concept. The learning rate is scaled by batch x processes (2e-3 both times), as documented."""
+    steps = 3
+    one = train(tiny_config(photos, tmp_path / "one.safetensors", steps=steps, batch_size=2, learning_rate=1e-3,
+                            checkpoint_every=1, keep="all"), progress=False)
+    two = tmp_path / "two.safetensors"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()),
+               "-m", "cdvideo", "train", "--images", str(photos), "--class-word", "dog", "--out", str(two),
+               "--model", "tiny", "--steps", str(steps), "--batch-size", "1", "--resolution", "32",
+               "--learning-rate", "1e-3", "--checkpoint-every", "1", "--keep", "all", "--no-validation-video",
+               "--device", "cpu", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CDVIDEO_DEBUG="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert_same_concept(one.concept, two)
+    assert load_concept(two).training["processes"] == 2
+    assert load_concept(two).training["learning_rate"] == load_concept(one.concept).training["learning_rate"] == 2e-3
+    # The log holds the global batch's loss once per step, equal to the one-process log.
+    folder = tmp_path / "two-train"
+    logged = np.genfromtxt(folder / "loss.csv", delimiter=",", names=True)
+    assert list(logged["step"]) == list(range(1, steps + 1))
+    np.testing.assert_allclose(logged["loss"], losses(one), rtol=1e-5)
+    # Checkpoints written once: one set of weights per step, each process's RNG state beside it.
+    for step in range(1, steps + 1):
+        files = sorted(p.name for p in (folder / "checkpoints" / f"step-{step:06d}").iterdir())
+        assert files == ["optimizer.pt", "rng-0.safetensors", "rng-1.safetensors", "state.json",
+                         "trainable.safetensors"]
+    assert done.stdout.count("concept: ") == 1  # one process reports
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two-train", "two.safetensors"]
+
+
+def test_gradient_checkpointing_trains_the_same_concept(photos, tmp_path):
+    plain = train(tiny_config(photos, tmp_path / "plain.safetensors", learning_rate=1e-3), progress=False)
+    saved = train(tiny_config(photos, tmp_path / "ckpt.safetensors", learning_rate=1e-3, gradient_checkpointing=True),
+                  progress=False)
+    np.testing.assert_allclose(losses(saved), losses(plain), rtol=1e-6)
+    assert_same_concept(plain.concept, saved.concept)
+
+
+def test_accumulation_trains_what_the_bigger_batch_trains(photos, tmp_path):
+    """Batch 1 x 2 accumulation steps against batch 2: the same images, noise and timesteps in the same order,
+    the same scaled learning rate (1e-3 x 2), so the same concept."""
+    big = train(tiny_config(photos, tmp_path / "big.safetensors", learning_rate=1e-3, batch_size=2), progress=False)
+    accumulated = train(tiny_config(photos, tmp_path / "acc.safetensors", learning_rate=1e-3, batch_size=1,
+                                    gradient_accumulation_steps=2), progress=False)
+    np.testing.assert_allclose(losses(accumulated), losses(big), rtol=1e-5)
+    assert_same_concept(big.concept, accumulated.concept)
+
+
+def cli_train(photos, out, *flags):
+    """`cdvideo train` on the tiny model in its own process (accelerate's precision is fixed once per process)."""
+    command = [sys.executable, "-m", "cdvideo", "train", "--images", str(photos), "--class-word", "dog", "--out",
+               str(out), "--model", "tiny", "--steps", "2", "--resolution", "32", "--learning-rate", "1e-3",
+               "--no-validation-video", "--device", "cpu", "--quiet", *flags]
+    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600)
+
+
+def test_bf16_mixed_precision_trains_close_to_fp32(photos, tmp_path):
+    """bf16 autocast keeps 8 bits of mantissa: not float rounding but a stated tolerance. The first loss within
+    2 %; the trained change points the same way (cosine > 0.95; 0.972 measured after 2 steps): Adam's first
+    updates are about +-lr per value whatever the gradient's size, so bf16 flips the values whose gradient is
+    near zero. The trained weights themselves stay float32."""
+    runs = {}
+    for precision in ("no", "bf16"):
+        done = cli_train(photos, tmp_path / f"{precision}.safetensors", "--mixed-precision", precision)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[precision] = np.genfromtxt(tmp_path / f"{precision}-train" / "loss.csv", delimiter=",", names=True)
+    np.testing.assert_allclose(runs["bf16"]["loss"][0], runs["no"]["loss"][0], rtol=0.02)
+    a, b = load_concept(tmp_path / "no.safetensors"), load_concept(tmp_path / "bf16.safetensors")
+    flat_a = torch.cat([d.flatten() for d in a.deltas.values()])
+    flat_b = torch.cat([b.deltas[n].flatten() for n in a.deltas])
+    assert all(d.dtype == torch.float32 for d in b.deltas.values())
+    assert float(torch.cosine_similarity(flat_a, flat_b, dim=0)) > 0.95
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line_before_loading(photos, tmp_path):
+    done = cli_train(photos, tmp_path / "x.safetensors", "--mixed-precision", "fp16")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --mixed-precision fp16 needs a CUDA GPU (on the CPU nothing would run in fp16); "
+        "use --mixed-precision bf16 or no")
+    assert not (tmp_path / "x-train").exists()
