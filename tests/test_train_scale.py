@@ -131,3 +131,50 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_loading(photos, tmp_path)
         "error: --mixed-precision fp16 needs a CUDA GPU (on the CPU nothing would run in fp16); "
         "use --mixed-precision bf16 or no")
     assert not (tmp_path / "x-train").exists()
+
+
+def test_memory_estimate_grows_with_rows_and_size_and_shrinks_with_checkpointing():
+    from cdvideo.memory import parameter_counts
+    from cdvideo.models import load_preset, locate
+    from cdvideo.train.memory import estimate_training_bytes
+
+    counts = parameter_counts(locate(load_preset("tiny")))
+    estimate = lambda size, rows, **options: estimate_training_bytes(counts, "cpu", size, rows, 1000, **options)
+    assert estimate(64, 2) > estimate(64, 1) > 4 * sum(v for k, v in counts.items() if k != "motion_adapter")
+    assert estimate(128, 1) > estimate(64, 1)
+    assert estimate(512, 2, gradient_checkpointing=True) < estimate(512, 2)
+    assert estimate(512, 2, mixed_precision="bf16") < estimate(512, 2)
+
+
+def test_training_that_does_not_fit_is_refused_before_loading_and_names_what_fits(photos, tmp_path, monkeypatch):
+    import cdvideo.models
+    from cdvideo.memory import NotEnoughMemoryError, parameter_counts
+    from cdvideo.models import load_preset, locate
+    from cdvideo.train import memory
+
+    monkeypatch.setattr(cdvideo.models, "load_training_components",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    counts = parameter_counts(locate(load_preset("tiny")))
+    trained = int(memory.TRAINED_SHARE["kv"] * counts["unet"])
+    full = memory.estimate_training_bytes(counts, "cpu", 256, 2, trained)
+    checkpointed = memory.estimate_training_bytes(counts, "cpu", 256, 2, trained, gradient_checkpointing=True)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (full + checkpointed) // 2)
+    config = tiny_config(photos, tmp_path / "a.safetensors", batch_size=2, resolution=256)
+    with pytest.raises(NotEnoughMemoryError) as error:
+        train(config, progress=False)
+    message = str(error.value)
+    assert "\n" not in message and "add --gradient-checkpointing (estimate" in message and "fits" in message
+    # Not even every option fits: the message says so and names what is left.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
+    with pytest.raises(NotEnoughMemoryError, match="even with --gradient-checkpointing and --batch-size 1 "
+                                                   "--gradient-accumulation-steps 2 .* lower --resolution"):
+        train(config, progress=False)
+    assert not (tmp_path / "a-train").exists()
+
+
+def test_the_estimate_is_printed_before_the_first_step(photos, tmp_path):
+    done = cli_train(photos, tmp_path / "e.safetensors")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("peak memory estimate: ") and "GiB on cpu for 2 image(s) of 32 px per step" in lines[0]
+    assert any(line.startswith("concept: ") for line in lines[1:])

@@ -148,6 +148,13 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
     generator = torch.Generator().manual_seed(config.seed)  # the same in every process: see _share
+    if components is None:  # peak-memory estimate, one line; refused here, before loading, when it does not fit
+        from cdvideo.models import locate
+        from cdvideo.train.memory import check_training_memory
+
+        estimate = check_training_memory(config, locate(preset), str(device), processes)
+        if estimate and accelerator.is_main_process:
+            print(estimate, flush=True)  # stdout, as for a render: stderr keeps errors to one line
 
     # 3. Load the 2D model and check the tokens against its vocabulary.
     parts = components or load_training_components(preset, device=str(device), dtype=torch.float32)
