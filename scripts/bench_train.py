@@ -92,18 +92,15 @@ def run_cdvideo(args, variant: str) -> dict:
     from cdvideo.train import train
 
     work = Path(args.work)
-    estimates = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         if variant == "resume" and not args.resumed:
             result = train(cdvideo_config(args, variant, work, steps=args.steps // 2), progress=False)
         else:
             result = train(cdvideo_config(args, variant, work, resume=variant == "resume"), progress=False)
-    estimates = [str(w.message) for w in caught if "memory estimate" in str(w.message)]
     with open(result.output_dir / "loss.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {"losses": [float(r["loss"]) for r in rows], "seconds": [float(r["seconds"]) for r in rows],
-            "estimate": estimates[0] if estimates else None}
+    return {"losses": [float(r["loss"]) for r in rows], "seconds": [float(r["seconds"]) for r in rows]}
 
 
 def run_plain(args) -> dict:
@@ -206,7 +203,7 @@ def run_plain(args) -> dict:
             optimizer.zero_grad(set_to_none=False)  # the script's default (--set_grads_to_none off)
         losses.append(float(loss.detach()))
         seconds.append(time.perf_counter() - started)
-    return {"losses": losses, "seconds": seconds, "estimate": None}
+    return {"losses": losses, "seconds": seconds}
 
 
 def child(args) -> None:
@@ -260,6 +257,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0) or 1))
     parser.add_argument("--variants", default="plain,cdvideo,checkpointing,accumulation,prior,two,classdiffusion,resume")
     parser.add_argument("--model-dir", type=Path, default=None, help="where the real-size model is built once")
+    parser.add_argument("--save", type=Path, help="write every run's numbers to this JSON file")
+    parser.add_argument("--report-from", type=Path, help="print the report of a --save file (with --model-dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--resumed", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--work", "--model", "--images", "--class-images"):
@@ -267,6 +266,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.report_from:
+        saved = json.loads(args.report_from.read_text())
+        vars(args).update({k: v for k, v in saved["args"].items() if k not in ("report_from", "save", "model_dir")})
+        return report(args, saved["runs"])
 
     import torch
 
@@ -305,7 +308,24 @@ def main() -> None:
                 step = statistics.median(run["seconds"][1:])
                 print(f"  [{repeat}] {variant}: {step:.2f} s/step, peak RSS {run['peak_rss_mb']:.0f} MiB, "
                       f"losses {' '.join(f'{x:.7g}' for x in run['losses'])}", flush=True)
-    report(args, runs)
+        if args.save:
+            saved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            args.save.write_text(json.dumps({"args": saved, "runs": runs}, indent=1))
+        report(args, runs)  # inside: the estimates read the model's sizes
+
+
+def estimate_mb(args, variant: str) -> float | None:
+    """The peak-memory estimate `cdvideo train` prints for this variant (cdvideo.train.memory), in MiB."""
+    if variant == "plain" or args.model_dir is None:
+        return None
+    from cdvideo.memory import parameter_counts
+    from cdvideo.models import load_preset, locate
+    from cdvideo.train.memory import estimate_for_config
+
+    args.model = str(args.model_dir)
+    counts = parameter_counts(locate(load_preset(args.model)))
+    config = cdvideo_config(args, variant, Path("."))
+    return estimate_for_config(config, counts, args.device) / 2**20
 
 
 def report(args, runs: dict[str, list[dict]]) -> None:
@@ -319,10 +339,7 @@ def report(args, runs: dict[str, list[dict]]) -> None:
           f"| s/step vs ({mine}) | memory vs ({mine}) | estimate MiB (/ measured) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for v in runs:
-        estimate = runs[v][0].get("estimate")
-        value = None
-        if estimate:
-            value = float(estimate.split("estimate: ")[1].split(" GiB")[0]) * 1024
+        value = estimate_mb(args, v)
         print(f"| ({v}) {VARIANTS[v]} | {step[v]:.2f} | {peak[v]:.0f} | {step[v] / step[base]:.2f} "
               f"| {peak[v] / peak[base]:.2f} | {step[v] / step[mine]:.2f} | {peak[v] / peak[mine]:.2f} "
               f"| {f'{value:.0f} ({value / peak[v]:.2f})' if value else '-'} |")

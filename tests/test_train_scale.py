@@ -178,3 +178,59 @@ def test_the_estimate_is_printed_before_the_first_step(photos, tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0].startswith("peak memory estimate: ") and "GiB on cpu for 2 image(s) of 32 px per step" in lines[0]
     assert any(line.startswith("concept: ") for line in lines[1:])
+
+
+def test_merged_training_gradients_are_diffusers_custom_diffusion_gradients():
+    """Custom Diffusion stops the gradient of the start token's key and value (diffusers'
+    CustomDiffusionAttnProcessor2_0, which ClassDiffusion's code trains with); merged training does the same."""
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+
+    from cdvideo.models import load_preset, load_training_components
+    from cdvideo.train.loop import stop_start_token_gradient, trainable_param_names
+
+    unet = load_training_components(load_preset("tiny"), device="cpu", dtype=torch.float32)["unet"]
+    names = trainable_param_names(unet, "kv")
+    params = dict(unet.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, unet.config.in_channels, 8, 8, generator=generator)
+    hidden = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    timesteps = torch.tensor([10, 700])
+
+    def gradients(detach: bool) -> tuple[dict, torch.Tensor]:
+        unet.requires_grad_(False)
+        for name in names:
+            params[name].requires_grad_(True)
+            params[name].grad = None
+        remove = stop_start_token_gradient(unet, names) if detach else (lambda: None)
+        output = unet(latents, timesteps, hidden).sample
+        output.square().mean().backward()
+        remove()
+        return {n: params[n].grad.clone() for n in names}, output.detach()
+
+    ours, ours_output = gradients(detach=True)
+    plain, plain_output = gradients(detach=False)
+    assert torch.equal(ours_output, plain_output)  # the forward is unchanged to the bit
+
+    processors = {}
+    for name, processor in unet.attn_processors.items():
+        layer = unet.get_submodule(name.rsplit(".processor", 1)[0])
+        if not name.endswith("attn2.processor"):
+            processors[name] = processor
+            continue
+        processors[name] = CustomDiffusionAttnProcessor2_0(train_kv=True, train_q_out=False,
+                                                           hidden_size=layer.to_k.weight.shape[0],
+                                                           cross_attention_dim=layer.to_k.weight.shape[1])
+        processors[name].load_state_dict({"to_k_custom_diffusion.weight": layer.to_k.weight.detach(),
+                                          "to_v_custom_diffusion.weight": layer.to_v.weight.detach()})
+    unet.requires_grad_(False)
+    unet.set_attn_processor(processors)  # its trained copies require gradient
+    output = unet(latents, timesteps, hidden).sample
+    theirs_params = {n: p for n, p in unet.attn_processors.items() if n.endswith("attn2.processor")}
+    output.square().mean().backward()
+    torch.testing.assert_close(output, ours_output, rtol=1e-5, atol=1e-6)
+    for name in names:
+        processor = theirs_params[name.split(".to_")[0] + ".processor"]
+        kind = "to_k" if ".to_k." in name else "to_v"
+        theirs = getattr(processor, f"{kind}_custom_diffusion").weight.grad
+        torch.testing.assert_close(ours[name], theirs, rtol=1e-4, atol=1e-9)
+    assert any(not torch.allclose(plain[n], ours[n], rtol=1e-3) for n in names)  # the detach matters

@@ -213,6 +213,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
         unbind = install_bound_training(unet, text_encoder, tokenizer, tokens,
                                         [c.class_word for c in config.concepts], config.binding)
+    else:  # merged: the start token's key and value pass no gradient, as in Custom Diffusion's training
+        unbind = stop_start_token_gradient(unet, names)
     params = dict(unet.named_parameters())
     for name in names:
         params[name].requires_grad_(True)
@@ -432,6 +434,20 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def stop_start_token_gradient(unet: nn.Module, names: list[str]):
+    """Custom Diffusion's detach (diffusers' CustomDiffusionAttnProcessor, which ClassDiffusion's code trains
+    with): the trained to_k / to_v outputs at the start-of-text position pass no gradient, so training never
+    tunes what every prompt's first token (where most attention lands) contributes. The forward values are
+    unchanged to the bit. Returns the function that removes the hooks."""
+
+    def hook(module, args, output):  # (b, n, d): position 0 is the start token
+        return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
+
+    modules = sorted({n.rsplit(".", 1)[0] for n in names if re.search(r"\.attn2\.to_[kv]\.", n)})
+    handles = [unet.get_submodule(m).register_forward_hook(hook) for m in modules]
+    return lambda: [h.remove() for h in handles]
 
 
 def _share(block: int, batch_size: int, blocks: int, with_prior: bool) -> list[int]:

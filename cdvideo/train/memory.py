@@ -49,6 +49,13 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
     return int(weights + state + activations + overhead)
 
 
+def estimate_for_config(config, counts: dict[str, int], device: str, vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
+    """estimate_training_bytes for one process of a TrainConfig (its resolution already resolved)."""
+    rows = config.batch_size * (2 if config.with_prior_preservation else 1)
+    return estimate_training_bytes(counts, device, config.resolution, rows, int(TRAINED_SHARE[config.train] * counts["unet"]),
+                                   config.gradient_checkpointing, config.mixed_precision, vae_factor)
+
+
 def check_training_memory(config, files, device: str, processes: int = 1) -> str | None:
     """One line with the estimate; raises NotEnoughMemoryError naming the options that would fit when it exceeds
     free memory. None when the model's sizes are not known locally. Processes on the CPU share its RAM; on
@@ -62,10 +69,7 @@ def check_training_memory(config, files, device: str, processes: int = 1) -> str
     sharing = 1 if cuda else processes
 
     def estimate(settings) -> int:
-        return sharing * estimate_training_bytes(
-            counts, device, settings.resolution, settings.batch_size * (2 if settings.with_prior_preservation else 1),
-            int(TRAINED_SHARE[settings.train] * counts["unet"]), settings.gradient_checkpointing,
-            settings.mixed_precision, files.vae_factor)
+        return sharing * estimate_for_config(settings, counts, device, files.vae_factor)
 
     needed = estimate(config)
     free = available_bytes(device)
