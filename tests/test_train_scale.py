@@ -234,3 +234,19 @@ def test_merged_training_gradients_are_diffusers_custom_diffusion_gradients():
         theirs = getattr(processor, f"{kind}_custom_diffusion").weight.grad
         torch.testing.assert_close(ours[name], theirs, rtol=1e-4, atol=1e-9)
     assert any(not torch.allclose(plain[n], ours[n], rtol=1e-3) for n in names)  # the detach matters
+
+
+def test_learning_rate_scales_as_diffusers_custom_diffusion_scales_it(photos, tmp_path):
+    """lr x batch x processes x accumulation, and x2 with prior preservation (the class images join the batch)."""
+    from cdvideo.train import ConceptData
+
+    plain = train(tiny_config(photos, tmp_path / "a.safetensors", steps=1, batch_size=2, gradient_accumulation_steps=3,
+                              learning_rate=1e-5), progress=False)
+    assert load_concept(plain.concept).training["learning_rate"] == pytest.approx(6e-5)
+    prior = train(tiny_config(photos, tmp_path / "b.safetensors", steps=1, batch_size=2, learning_rate=1e-5,
+                              with_prior_preservation=True,
+                              concepts=[ConceptData(str(photos), "dog", class_images=str(photos))]), progress=False)
+    assert load_concept(prior.concept).training["learning_rate"] == pytest.approx(4e-5)
+    unscaled = train(tiny_config(photos, tmp_path / "c.safetensors", steps=1, batch_size=2, learning_rate=1e-5,
+                                 scale_lr=False), progress=False)
+    assert load_concept(unscaled.concept).training["learning_rate"] == pytest.approx(1e-5)

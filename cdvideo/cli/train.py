@@ -23,7 +23,8 @@ _HELP = {
     "model": "preset name (sd15-animatediff-v2, tiny), preset YAML, or diffusers model directory",
     "steps": "optimizer steps (official: 500 for one concept, 800 for two)",
     "batch_size": "images per step and process (official: 2)",
-    "learning_rate": "per image; scaled by batch x processes x accumulation unless --no-scale-lr (official: 1e-5)",
+    "learning_rate": "per image; scaled by batch x processes x accumulation (x2 with prior preservation) unless "
+                     "--no-scale-lr (official: 1e-5)",
     "scale_lr": "scale the learning rate by the effective batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "resolution": "square training size in pixels (default: the preset's, 512 for SD 1.5)",

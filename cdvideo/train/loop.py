@@ -231,6 +231,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     learning_rate = config.learning_rate
     if config.scale_lr:
         learning_rate *= config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+        if config.with_prior_preservation:  # the recipe counts the class images in the batch too
+            learning_rate *= 2
     optimizer = torch.optim.AdamW(
         [embedding.new_rows] * config.train_token + [params[n] for n in names], lr=learning_rate,
         betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
