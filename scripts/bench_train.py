@@ -24,7 +24,7 @@ repeats), peak RSS of the process (CUDA max allocated on a GPU), cdvideo's own p
 (the line `cdvideo train` prints before the first step) against it, and the loss of each step;
 (cdvideo)'s losses must equal (plain)'s within float rounding.
 
-    python scripts/bench_train.py [--size 256] [--batch 2] [--steps 4] [--repeats 2] [--variants plain,cdvideo]
+    python scripts/bench_train.py [--size 128] [--batch 2] [--steps 4] [--repeats 2] [--variants plain,cdvideo] [--save runs.json]
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def make_photos(folder: Path, size: int, count: int, seed: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256, help="training resolution in pixels (official: 512)")
+    parser.add_argument("--size", type=int, default=128, help="training resolution in pixels (official: 512)")
     parser.add_argument("--batch", type=int, default=2, help="images per step (official: 2)")
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
     parser.add_argument("--repeats", type=int, default=2)

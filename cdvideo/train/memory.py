@@ -4,9 +4,8 @@
 
 The estimate is the frozen weights (parameters counted as cdvideo.memory counts them for a render: from
 local configs or safetensors headers, nothing loaded), the trained values' gradient and AdamW moments,
-and the larger of two activation terms that scale with rows x pixels of one micro-batch: the UNet's
-forward kept for the backward pass (much less with gradient checkpointing) and the VAE encoding the
-batch (no gradient). Rows are batch_size images, twice that with prior preservation; gradient
+and the activations of one micro-batch, which scale with rows x pixels: the UNet's forward kept for
+the backward pass (much less with gradient checkpointing). Rows are batch_size images, twice that with prior preservation; gradient
 accumulation does not add rows. The constants are fitted to peak RSS measured at real size on the CPU
 (scripts/bench_train.py, docs/training.md); CUDA figures use the same constants scaled by the dtype
 and are not measured (no GPU was lent when they were fitted).
@@ -21,11 +20,12 @@ from cdvideo.memory import (CALIBRATED_VAE_FACTOR, CUDA_OVERHEAD_BYTES, PROCESS_
 
 # Per trained float32 value: its gradient and AdamW's two moments.
 TRAINED_STATE_BYTES = 3 * 4
-# Bytes per image row per pixel of the training image (at SD's VAE factor 8), float32; fitted on the CPU at
-# real size, 128 px, batch 1 / 2 / 4 rows (docs/training.md).
-UNET_TRAIN_BYTES_PER_PIXEL = 4 * 1300.0
-UNET_CHECKPOINTED_BYTES_PER_PIXEL = 4 * 300.0
-VAE_ENCODE_BYTES_PER_PIXEL = 4 * 300.0
+# Bytes per image row per pixel of the training image (at SD's VAE factor 8), float32: least-squares fits to
+# peak RSS at real size on the CPU, 1 / 2 / 4 rows at 128 px and 1 / 2 rows at 256 px (every point within
+# 1.5 %), and 2 rows at 128 / 256 px with checkpointing (within 2 %); docs/training.md. The VAE's encoding
+# (no gradient) stays below the UNet's term at every size measured.
+UNET_TRAIN_BYTES_PER_PIXEL = 4 * 2350.0
+UNET_CHECKPOINTED_BYTES_PER_PIXEL = 4 * 915.0
 TRAINED_SHARE = {"kv": 0.0223, "crossattn": 0.0512}  # of the UNet's values (SD 1.5: 19.2 M / 859.5 M for kv)
 
 
@@ -44,7 +44,7 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
     pixels = resolution * resolution * (CALIBRATED_VAE_FACTOR / vae_factor) ** 2
     scale = 0.5 if half else 1.0  # autocast keeps activations in 16 bits (not measured)
     per_pixel = UNET_CHECKPOINTED_BYTES_PER_PIXEL if gradient_checkpointing else UNET_TRAIN_BYTES_PER_PIXEL
-    activations = max(per_pixel, VAE_ENCODE_BYTES_PER_PIXEL) * scale * rows * pixels
+    activations = per_pixel * scale * rows * pixels
     overhead = CUDA_OVERHEAD_BYTES if cuda else PROCESS_OVERHEAD_BYTES
     return int(weights + state + activations + overhead)
 
