@@ -65,15 +65,16 @@ CONCEPT_PROMPT = "a <new1> dog running on the beach"
 BUILD_VERSION = 1  # bump when the configs below change
 
 
-def build_realsize(path: Path) -> None:
-    """SD 1.5 + AnimateDiff v2 at real size, random weights, as a local diffusers directory."""
+def build_realsize(path: Path, vocab_size: int | None = None) -> None:
+    """SD 1.5 + AnimateDiff v2 at real size, random weights, as a local diffusers directory.
+    `vocab_size` 49408 gives the text encoder SD 1.5's embedding table (scripts/bench_train.py)."""
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from cdvideo.models.tiny import build_tokenizer, save_model_dir
 
     channels = (320, 640, 1280, 1280)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size=vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         components = dict(

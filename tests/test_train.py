@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cdvideo.cli import main
@@ -264,7 +265,11 @@ def test_masked_loss_ignores_the_canvas():
     mask = torch.ones(2, 1, 4, 4)
     mask[:, :, :2] = 0
     assert float(masked_diffusion_loss(prediction, target, mask)) == 0.0
-    assert float(masked_diffusion_loss(prediction, target, torch.ones_like(mask))) == pytest.approx(0.5)
+    # Summed over the 4 channels, averaged over valid pixels: diffusers' Custom Diffusion script's scale.
+    assert float(masked_diffusion_loss(prediction, target, torch.ones_like(mask))) == pytest.approx(2.0)
+    noisy = prediction + torch.linspace(0, 1, 128).reshape(2, 4, 4, 4)
+    recipe = ((F.mse_loss(noisy, target, reduction="none") * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean()
+    assert float(masked_diffusion_loss(noisy, target, mask)) == pytest.approx(float(recipe))
 
 
 def test_random_rescale_matches_custom_diffusion():

@@ -23,7 +23,8 @@ _HELP = {
     "model": "preset name (sd15-animatediff-v2, tiny), preset YAML, or diffusers model directory",
     "steps": "optimizer steps (official: 500 for one concept, 800 for two)",
     "batch_size": "images per step and process (official: 2)",
-    "learning_rate": "per image; scaled by batch x processes x accumulation unless --no-scale-lr (official: 1e-5)",
+    "learning_rate": "per image; scaled by batch x processes x accumulation (x2 with prior preservation) unless "
+                     "--no-scale-lr (official: 1e-5)",
     "scale_lr": "scale the learning rate by the effective batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "resolution": "square training size in pixels (default: the preset's, 512 for SD 1.5)",
@@ -50,7 +51,7 @@ _HELP = {
     "adam_weight_decay": "AdamW weight decay",
     "adam_epsilon": "AdamW epsilon",
     "max_grad_norm": "gradient-norm clip (0: none)",
-    "seed": "random seed (each process adds its index)",
+    "seed": "random seed (under accelerate launch every process draws the same stream and trains its share of each global batch)",
     "mixed_precision": "no (fp32, official), fp16 or bf16",
     "gradient_checkpointing": "recompute activations in the backward pass to save memory",
     "checkpoint_every": "save and score a checkpoint every N steps (the last step is always saved)",
@@ -140,6 +141,8 @@ def run(args) -> int:
     from cdvideo.train import train
 
     result = train(config, progress=not args.quiet)
+    if not result.main_process:  # under accelerate launch the main process reports
+        return 0
     print(f"concept: {result.concept} (weights of step {result.step})")
     if result.scores:
         print("scores: " + ", ".join(f"step {s}: {v:.4f}" for s, v in sorted(result.scores.items())))

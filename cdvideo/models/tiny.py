@@ -89,8 +89,11 @@ def _apply_merges(parts: list[str], merges: list[tuple[str, str]]) -> list[str]:
     return parts
 
 
-def build_tokenizer(words=_WORDS, model_max_length: int = 77):
-    """A CLIP BPE tokenizer over printable ASCII plus whole-word merges for `words`."""
+def build_tokenizer(words=_WORDS, model_max_length: int = 77, vocab_size: int | None = None):
+    """A CLIP BPE tokenizer over printable ASCII plus whole-word merges for `words`.
+
+    `vocab_size` pads the vocabulary with entries no text produces (SD 1.5's 49,408, so an embedding
+    table and what trains it have their real size); the special tokens stay the last two ids, as in CLIP."""
     from transformers import CLIPTokenizer
 
     chars = [c for c in string.printable if not c.isspace()]
@@ -107,6 +110,8 @@ def build_tokenizer(words=_WORDS, model_max_length: int = 77):
             merges.append(pair)
             vocab.setdefault(pair[0] + pair[1], len(vocab))
             parts = [pair[0] + pair[1]] + parts[2:]
+    for i in range(max(0, (vocab_size or 0) - 2 - len(vocab))):
+        vocab[f"\u0100pad{i}"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

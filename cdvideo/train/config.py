@@ -55,7 +55,8 @@ class TrainConfig:
     steps: int = 500  # official: 500 for one concept, 800 for two
     batch_size: int = 2
     # Per image of the effective batch: the used rate is this x batch x processes x accumulation
-    # (diffusers' Custom Diffusion rule, 2e-5 on one GPU with batch 2) unless scale_lr is off.
+    # (x2 with prior preservation: diffusers' Custom Diffusion rule, 2e-5 on one GPU with batch 2) unless
+    # scale_lr is off.
     learning_rate: float = 1e-5
     scale_lr: bool = True
     gradient_accumulation_steps: int = 1

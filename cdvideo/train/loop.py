@@ -3,8 +3,11 @@
     result = train(TrainConfig(concepts=[ConceptData("data/dog", "dog")], out="dog.safetensors"))
 
 Trained: the new tokens' embedding rows, and the spatial cross-attention to_k/to_v (plus to_q/to_out
-with train="crossattn"). Everything else is frozen. Every random draw comes from one generator per
-process, checkpointed with the optimizer, so `resume` continues exactly where a run stopped.
+with train="crossattn"). Everything else is frozen. Every random draw comes from one generator,
+checkpointed with the optimizer, so `resume` continues exactly where a run stopped. Under
+`accelerate launch` every process draws the same stream for the whole global batch (batch_size x
+processes) and trains on its share, so N processes of batch b train what one process of batch N x b
+trains, within float rounding (and so does gradient accumulation).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
@@ -68,6 +72,7 @@ class TrainResult:
     scores: dict[int, float] = field(default_factory=dict)
     video: Path | None = None
     messages: list[str] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of an `accelerate launch` run, which write nothing
 
 
 def trainable_param_names(unet: nn.Module, mode: str) -> list[str]:
@@ -146,10 +151,22 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         ckpt.check_resumable(read_yaml(output_dir / "config.yaml"), config.to_dict(), output_dir / "config.yaml")
 
     # 2. Processes, devices and precision (accelerate launch shards the work across GPUs).
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+    # cpu=True whenever the CPU is used: accelerate joins launched processes into one gloo group only then.
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and config.mixed_precision == "fp16":  # accelerate accepts it and then autocasts nothing
+        raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (on the CPU nothing would run in fp16); "
+                          "use --mixed-precision bf16 or no")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=on_cpu,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
-    device, rank = accelerator.device, accelerator.process_index
-    generator = torch.Generator().manual_seed(config.seed + rank)
+    device, rank, processes = accelerator.device, accelerator.process_index, accelerator.num_processes
+    generator = torch.Generator().manual_seed(config.seed)  # the same in every process: see _share
+    if components is None:  # peak-memory estimate, one line; refused here, before loading, when it does not fit
+        from cdvideo.models import locate
+        from cdvideo.train.memory import check_training_memory
+
+        estimate = check_training_memory(config, locate(preset), str(device), processes)
+        if estimate and accelerator.is_main_process:
+            print(estimate, flush=True)  # stdout, as for a render: stderr keeps errors to one line
 
     # 3. Load the 2D model and check the tokens against its vocabulary.
     parts = components or load_training_components(preset, device=str(device), dtype=torch.float32)
@@ -224,6 +241,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unbind = install_bound_training(unet, text_encoder, tokenizer, tokens,
                                         [c.class_word for c in config.concepts], config.binding,
                                         record_attention=config.attention_loss_weight > 0)
+    else:  # merged: the start token's key and value pass no gradient, as in Custom Diffusion's training
+        unbind = stop_start_token_gradient(unet, names)
     params = dict(unet.named_parameters())
     for name in names:
         params[name].requires_grad_(True)
@@ -240,6 +259,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     learning_rate = config.learning_rate
     if config.scale_lr:
         learning_rate *= config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+        if config.with_prior_preservation:  # the recipe counts the class images in the batch too
+            learning_rate *= 2
     optimizer = torch.optim.AdamW(
         [embedding.new_rows] * config.train_token + [params[n] for n in names], lr=learning_rate,
         betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
@@ -310,23 +331,30 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     while step < config.steps:
         step_started = time.perf_counter()
         totals = dict.fromkeys(LOSSES, 0.0)
-        for _ in range(config.gradient_accumulation_steps):
+        # The whole effective batch (batch x processes x accumulation) and its random draws, the same in
+        # every process; each micro-batch of each process trains its rows of it (_share).
+        n, blocks = config.batch_size, processes * config.gradient_accumulation_steps
+        batch = make_batch(examples, sampler.next_indices(n * blocks), size, generator, config.augment, config.hflip,
+                           latent_factor)
+        all_pixels, all_prompts = batch["pixels"], batch["prompts"]
+        if class_sampler is not None:
+            chosen = [class_examples[i] for i in class_sampler.next_indices(n * blocks)]
+            prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
+            all_pixels, all_prompts = torch.cat([all_pixels, prior["pixels"]]), all_prompts + prior["prompts"]
+        shape = (len(all_prompts), vae.config.latent_channels, size // latent_factor, size // latent_factor)
+        all_draws = torch.randn(shape, generator=generator, dtype=vae.dtype)  # the VAE posterior's sample
+        all_noise = torch.randn(shape, generator=generator)
+        all_timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, shape[:1], generator=generator)
+        for micro in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
-                batch = make_batch(examples, sampler.next_indices(config.batch_size), size, generator,
-                                   config.augment, config.hflip, latent_factor)
-                pixels, prompts = batch["pixels"], batch["prompts"]
-                n = len(prompts)
-                if class_sampler is not None:
-                    chosen = [class_examples[i] for i in class_sampler.next_indices(n)]
-                    prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
-                    pixels, prompts = torch.cat([pixels, prior["pixels"]]), prompts + prior["prompts"]
+                mine = _share(micro * processes + rank, n, blocks, with_prior=class_sampler is not None)
+                prompts, masks = [all_prompts[i] for i in mine], batch["masks"][mine[:n]]
                 # Encode, noise, predict: the standard epsilon/v-prediction training step.
                 with torch.no_grad():
-                    latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.sample(generator)
+                    posterior = vae.encode(all_pixels[mine].to(device, vae.dtype)).latent_dist
+                    latents = posterior.mean + posterior.std * all_draws[mine].to(device)
                     latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8)
-                noise = torch.randn(latents.shape, generator=generator).to(device)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                          generator=generator).to(device)
+                noise, timesteps = all_noise[mine].to(device), all_timesteps[mine].to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
                 with_spl = config.spl_weight > 0 and config.train_token  # SPL moves only the token
@@ -336,14 +364,15 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
-                loss_mask = batch["masks"]
+                loss_mask = masks
                 if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
-                    loss_mask = loss_mask * subject_latent_mask(batch["subjects"], loss_mask.shape[-1])
+                    loss_mask = loss_mask * subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1])
                 diffusion = masked_diffusion_loss(prediction[:n], target[:n], loss_mask.to(device))
-                attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)), batch["subjects"],
-                                           batch["concepts"]) if config.attention_loss_weight > 0 \
-                    else torch.zeros((), device=device)
-                prior_loss = masked_diffusion_loss(prediction[n:], target[n:], torch.ones_like(target[n:, :1])) \
+                attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)),
+                                           batch["subjects"][mine[:n]], [batch["concepts"][i] for i in mine[:n]]) \
+                    if config.attention_loss_weight > 0 else torch.zeros((), device=device)
+                # The recipe's prior term is a plain per-value mean (no mask, no channel sum).
+                prior_loss = F.mse_loss(prediction[n:].float(), target[n:].float()) \
                     if class_sampler is not None else torch.zeros((), device=device)
                 if with_spl:
                     positions = eos_positions(token_phrase_ids, eos_id, config.spl_pooling)
@@ -363,6 +392,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 optimizer.zero_grad(set_to_none=True)
             for key, value in zip(LOSSES, (loss, diffusion, prior_loss, spl, attention)):
                 totals[key] += float(value.detach()) / config.gradient_accumulation_steps
+        if processes > 1:  # the global batch's losses, as one process would log them
+            means = accelerator.reduce(torch.tensor([totals[k] for k in LOSSES], device=device), "mean")
+            totals = dict(zip(LOSSES, means.tolist()))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{totals['loss']:.4f}", spl=f"{totals['spl']:.4f}")
@@ -371,7 +403,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                               "or use --mixed-precision no")
         if accelerator.is_main_process:
             with open(log_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([step] + [f"{totals[k]:.6g}" for k in LOSSES]
+                csv.writer(handle).writerow([step] + [f"{totals[k]:.9g}" for k in LOSSES]
                                             + [f"{learning_rate:.3g}", f"{time.perf_counter() - step_started:.4f}"])
 
         # Checkpoint (and score) every checkpoint_every steps and at the end.
@@ -406,7 +438,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unbind()
 
     # 11. The concept file: the best checkpoint's weights (keep: best) or the final ones, as deltas.
-    result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages)
+    result = TrainResult(concept=out, output_dir=output_dir, step=step, scores=scores, messages=messages,
+                         main_process=accelerator.is_main_process)
     if not accelerator.is_main_process:
         return result
     best = _best(output_dir, scores, scorer) if config.keep == "best" else None
@@ -443,6 +476,33 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def stop_start_token_gradient(unet: nn.Module, names: list[str]):
+    """Custom Diffusion's detach (diffusers' CustomDiffusionAttnProcessor, which ClassDiffusion's code trains
+    with): the trained to_k / to_v outputs at the start-of-text position pass no gradient, so training never
+    tunes what every prompt's first token (where most attention lands) contributes. The forward values are
+    unchanged to the bit. Returns the function that removes the hooks."""
+
+    def hook(module, args, output):  # (b, n, d): position 0 is the start token
+        return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
+
+    modules = sorted({n.rsplit(".", 1)[0] for n in names if re.search(r"\.attn2\.to_[kv]\.", n)})
+    handles = [unet.get_submodule(m).register_forward_hook(hook) for m in modules]
+    return lambda: [h.remove() for h in handles]
+
+
+def _share(block: int, batch_size: int, blocks: int, with_prior: bool) -> list[int]:
+    """Rows of the effective batch that one micro-batch of one process trains: its instance images, then its
+    class images.
+
+    The effective batch holds batch_size x blocks instance images (blocks = processes x accumulation steps;
+    then as many class images with prior preservation); every process draws all of it from the same
+    generator and keeps its share, so the random stream, and the result, do not depend on how the work is
+    split: two processes, or accumulation, train what one bigger batch trains.
+    """
+    own = list(range(block * batch_size, (block + 1) * batch_size))
+    return own + [batch_size * blocks + i for i in own] if with_prior else own
 
 
 def _score(scorer, components: dict, batch: dict, prompt: str, references: list, size: int, steps: int,

@@ -7,13 +7,15 @@ import torch.nn.functional as F
 
 
 def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Implements Custom Diffusion's masked noise-prediction MSE (Kumari et al., 2023), per valid latent value.
+    """Implements Custom Diffusion's masked noise-prediction MSE (Kumari et al., 2023), per valid latent pixel.
 
     prediction, target: (b, c, h, w); mask: (b, 1, h, w), 1 where the rescaled image is.
-    Each example's error is averaged over its valid region, then over the batch.
+    Each example's squared error is summed over channels and averaged over its valid pixels, then over
+    the batch: as diffusers' train_custom_diffusion.py and ClassDiffusion's code compute it (c = 4 times
+    a per-value mean), which sets the scale that the SPL weight and the grad-norm clip act against.
     """
     error = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (b, c, h, w)
-    mask = mask.to(error.dtype).expand_as(error)
+    mask = mask.to(error.dtype)  # (b, 1, h, w): the channel sum stays in the numerator only
     return ((error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)).mean()
 
 
