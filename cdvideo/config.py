@@ -323,6 +323,12 @@ class RenderSettings:
     # FreeInit passes: N x the time for steadier motion; 0 or 1 is off.
     free_init: int = 0
     motion_loras: list[MotionLoraSpec] = field(default_factory=list)
+    # Video-to-video (cdvideo.source_video): a source clip whose layout and motion the render keeps; the
+    # prompt (and concepts) repaint it. Frame count and fps come from it unless given.
+    video: str | None = None
+    # How far the source is noised before it is denoised again, (0, 1]: low keeps more of the source,
+    # 1 keeps only its broad layout. None: 0.8 with a video (diffusers' default).
+    video_strength: float | None = None
     # VAE slicing (tiling above its tile size) and, on CUDA, model CPU offload for this render; same frames.
     low_vram: bool = False
     # Step caching (DeepCache; cdvideo.step_cache): the whole UNet every step_cache steps, only its shallow

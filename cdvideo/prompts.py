@@ -206,6 +206,8 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     for key in ("model", "motion_adapter"):
         if isinstance(fields.get(key), str) and fields[key].startswith((".", "~", "/")):
             fields[key] = resolve_path(fields[key], base_dir)
+    if isinstance(fields.get("video"), str):  # a source video is always a path, never a name
+        fields["video"] = resolve_path(fields["video"], base_dir)
     _check_types(fields)
     return [
         Request("", {**fields, "prompt": prompt, "seed": seed, "concepts": list(specs)}, name)

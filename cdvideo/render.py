@@ -38,12 +38,15 @@ from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPre
 from cdvideo.outputs import check_output
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
+from cdvideo.source_video import check_source, resolve_source, source_frames
 from cdvideo.step_cache import check_step_cache, step_cache_applied
 
 
 
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
-    """Fill every `None` from the preset, and draw a seed if none was given."""
+    """Fill every `None` from the preset (frame count and fps from a source video first), and draw a seed
+    if none was given."""
+    settings = resolve_source(settings, preset.fps)
     defaults = {
         "negative_prompt": preset.negative_prompt,
         "num_frames": preset.num_frames,
@@ -102,6 +105,7 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
     if not 0 <= settings.concept_start < 1:
         raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
     check_binding(settings.concept_binding)
+    check_source(settings)
     check_step_cache(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
@@ -177,7 +181,8 @@ def prompt_warnings(prompt: str, concepts: list[tuple[Concept, float, str]]) -> 
 def render_frames(pipeline, settings: RenderSettings, progress: bool = True, callback=None) -> np.ndarray:
     """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
 
-    The call is exactly what a plain diffusers script makes, so the frames are identical to it.
+    The call is exactly what a plain diffusers script makes, so the frames are identical to it; with a
+    source video (`settings.video`) `pipeline` is the video-to-video one (`Renderer.task_pipeline`).
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
     `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.strength_scheduled), passed only if given.
     """
@@ -185,10 +190,16 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
 
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    if settings.video:  # AnimateDiffVideoToVideoPipeline: the source's frames, fitted, set the frame count
+        from PIL import Image
+
+        task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
+    else:
+        task = dict(num_frames=settings.num_frames)
     output = pipeline(
         prompt=pipeline_prompt(settings),  # {frame: prompt} when the prompt travels
         negative_prompt=settings.negative_prompt or None,
-        num_frames=settings.num_frames,
+        **task,
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.steps,
@@ -289,31 +300,40 @@ class Renderer:
     def _prepared(self, settings: RenderSettings, concepts, loras):
         """Everything one render (or one batch, which shares `settings`' shared fields) switches on and
         off again: scheduler, LoRAs and concepts, long-video windows, low-VRAM, guidance rescale, and
-        the concepts' strength schedule. Yields the step-end callback to pass to the pipeline, or None."""
+        the concepts' strength schedule. Yields the pipeline to call (`task_pipeline`) and the step-end
+        callback to pass to it, or None."""
         from cdvideo.inject import schedule_factors, strength_scheduled
 
         self._use_scheduler(settings.scheduler)
+        pipeline = self.task_pipeline(settings)
         factors = schedule_factors(settings.concept_start, settings.concept_schedule, settings.steps)
         with (self._applied(concepts, loras, settings.concept_binding) as injector,
-              long_video_applied(self.pipeline, settings),
-              step_cache_applied(self.pipeline, settings),  # inside guidance rescale and offload, which wrap forward
-              low_vram_applied(self.pipeline, settings, self.device),
-              guidance_rescale_applied(self.pipeline, settings),
+              long_video_applied(pipeline, settings),
+              step_cache_applied(pipeline, settings),  # inside guidance rescale and offload, which wrap forward
+              low_vram_applied(pipeline, settings, self.device),
+              guidance_rescale_applied(pipeline, settings),
               strength_scheduled(injector, factors) as callback):
-            yield callback
+            yield pipeline, callback
+
+    def task_pipeline(self, settings: RenderSettings):
+        """The diffusers pipeline a render calls: the loaded text-to-video one, or for a source video
+        the video-to-video one around the same modules (concepts applied to either apply to both)."""
+        from cdvideo.models import task_pipeline
+
+        return task_pipeline(self.pipeline, video=bool(settings.video))
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
-        with self._prepared(settings, concepts, loras) as callback:
-            return render_frames(self.pipeline, settings, progress=progress, callback=callback)
+        with self._prepared(settings, concepts, loras) as (pipeline, callback):
+            return render_frames(pipeline, settings, progress=progress, callback=callback)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        if needs_one_by_one(self.pipeline, settings[0]):
+        if settings[0].video or needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
-        with self._prepared(settings[0], concepts, loras) as callback:
-            return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
+        with self._prepared(settings[0], concepts, loras) as (pipeline, callback):
+            return render_frames_batch(pipeline, settings, progress=progress, callback=callback)
 
 
 @dataclass

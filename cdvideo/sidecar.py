@@ -48,6 +48,7 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
     from cdvideo.concept import file_sha256
     from cdvideo.formats.concepts import source_sha256
     from cdvideo.inject import trained_binding
+    from cdvideo.source_video import source_sha256
 
     return {
         "format": SIDECAR_FORMAT,
@@ -75,6 +76,8 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
             {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
             for lora, strength, name in loras
         ],
+        # A video-to-video render's source: `--from` warns when it changed since (the frames would differ).
+        **({"source_video": {"path": settings.video, "sha256": source_sha256(settings.video)}} if settings.video else {}),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
@@ -131,6 +134,19 @@ def changed_concepts(sidecar: dict[str, Any], hashes: dict[str, str] | None = No
     return changed
 
 
+def changed_source(sidecar: dict[str, Any]) -> str | None:
+    """The recorded source video's path if it is gone or differs from its recorded hash, else None."""
+    from cdvideo.source_video import source_sha256
+
+    recorded = sidecar.get("source_video")
+    if not isinstance(recorded, dict):
+        return None
+    path = str(recorded.get("path", ""))
+    if Path(path).exists() and source_sha256(path) == recorded.get("sha256"):
+        return None
+    return path
+
+
 def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ...] = (),
                     hashes: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The sidecar of `video` if both exist, it names the video, records exactly `settings` (but the
@@ -150,6 +166,6 @@ def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ..
 
     if comparable(sidecar["settings"]) != comparable(settings):
         return None
-    if changed_concepts(sidecar, hashes):
-        return None  # a concept file changed since: its video is out of date
+    if changed_concepts(sidecar, hashes) or changed_source(sidecar):
+        return None  # a concept file or the source video changed since: its video is out of date
     return sidecar

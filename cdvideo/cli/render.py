@@ -10,6 +10,8 @@ EXAMPLES = """examples:
       --prompt "a <new1> dog running on the beach" --out outputs/dog.mp4
   cdvideo render --concept dog.safetensors:0.8 --concept hat.safetensors \\
       --prompt "a <new1> dog wearing a <new2> hat" --seed 42 --num-frames 16
+  cdvideo render --concept dog.safetensors --video walk.mp4 --strength 0.7 \\
+      --prompt "a <new1> dog walking" --out outputs/dog-walk.mp4   # the motion of walk.mp4
   cdvideo render --from outputs/dog.json --out outputs/dog-again.mp4   # the same frames again
 """
 
@@ -52,13 +54,18 @@ SETTING_FLAGS = {
                        "model CPU offload (slower). On the CPU offload is meaningless, only the VAE changes"),
     "step_cache": (int, "step caching (DeepCache): the whole UNet every N steps, only its shallow branch between; "
                         "3 is DeepCache's choice (speed and quality cost: scripts/bench_fast.py). Default 0: off"),
+    "video": (str, "source video (mp4, webm, gif, webp or a PNG folder) to re-render with the prompt and concepts: "
+                   "its layout and motion stay. Frames are scaled to cover --height x --width and cut about the centre; "
+                   "frame count and fps are the source's unless given (docs/video-to-video.md)"),
+    "video_strength": (float, "with --video: how far the source is noised before it is denoised, (0, 1]; lower keeps "
+                              "more of it (default 0.8)"),
     "step_cache_branch": (int, "where --step-cache's shallow branch ends, in skip connections (0: the shallowest and "
                                "fastest, DeepCache's default; larger is closer to full compute)"),
 }
 
 
 # Shorter names shown first; the field's own flag keeps working.
-_FLAG_ALIASES = {"motion_adapter": ("--motion",)}
+_FLAG_ALIASES = {"motion_adapter": ("--motion",), "video_strength": ("--strength",)}
 
 
 def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
@@ -157,12 +164,15 @@ def run(args) -> int:
 
 
 def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
-    """A concept file that changed since the recorded render cannot give the same frames."""
+    """A concept file or source video that changed since the recorded render cannot give the same frames."""
     import warnings
 
-    from cdvideo.sidecar import changed_concepts, read_sidecar
+    from cdvideo.sidecar import changed_concepts, changed_source, read_sidecar
 
     asked = {spec.path for spec in settings.concepts}
     for path in changed_concepts(read_sidecar(sidecar_path)):
         if path in asked and Path(path).is_file():  # a missing file is named by the render itself
             warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")
+    source = changed_source(read_sidecar(sidecar_path))
+    if source and source == settings.video and Path(source).exists():
+        warnings.warn(f"the source video {source} changed since {sidecar_path} was written: the frames will differ")

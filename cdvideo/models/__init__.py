@@ -9,7 +9,7 @@ The names below are the package's API; `from cdvideo.models import load_preset` 
 """
 
 from cdvideo.models.loading import (load_motion_adapter, load_pipeline, load_tokenizer, load_training_components,
-                                    make_scheduler, motion_unet, resolve_device, resolve_dtype)
+                                    make_scheduler, motion_unet, resolve_device, resolve_dtype, task_pipeline)
 from cdvideo.models.presets import (BASE_COMPONENTS, MODEL_DIR_PRESET, MOTION_ADAPTER_SUBFOLDER, SCHEDULERS,
                                     ModelPreset, is_weight_file, list_presets, load_preset, preset_lora_specs,
                                     presets_dir, single_file_config, write_model_dir_defaults)
@@ -25,5 +25,5 @@ __all__ = [
     "load_tokenizer", "load_training_components", "locate", "make_scheduler", "missing_weights",
     "motion_max_frames", "motion_modules_dir", "motion_registry", "motion_unet", "preset_lora_specs",
     "presets_dir", "resolve_device", "resolve_dtype", "resolve_motion", "resolve_registered", "resolve_source", "shapes_model_dir",
-    "single_file_config", "vae_scale_factor", "write_model_dir_defaults",
+    "single_file_config", "task_pipeline", "vae_scale_factor", "write_model_dir_defaults",
 ]

@@ -189,3 +189,17 @@ def load_training_components(preset: ModelPreset, *, device: str, dtype) -> dict
         tokenizer=parts["tokenizer"],
         noise_scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
     )
+
+
+def task_pipeline(pipeline, *, video: bool = False):
+    """A diffusers pipeline for another task built around `pipeline`'s own modules (nothing loaded or
+    copied): `AnimateDiffVideoToVideoPipeline` for a source video, else `pipeline` itself. Made per
+    render, so it always has the scheduler the render switched to."""
+    if not video:
+        return pipeline
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    components = {name: module for name, module in pipeline.components.items()
+                  if name in ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler",
+                              "feature_extractor", "image_encoder")}
+    return AnimateDiffVideoToVideoPipeline(**components)
