@@ -208,6 +208,11 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
             fields[key] = resolve_path(fields[key], base_dir)
     if isinstance(fields.get("video"), str):  # a source video is always a path, never a name
         fields["video"] = resolve_path(fields["video"], base_dir)
+    for control in fields.get("controls") or []:  # control clips too; a ControlNet may be a hub id
+        if isinstance(control, dict) and isinstance(control.get("path"), str):
+            control["path"] = resolve_path(control["path"], base_dir)
+        if isinstance(control, dict) and isinstance(control.get("model"), str) and control["model"].startswith((".", "~", "/")):
+            control["model"] = resolve_path(control["model"], base_dir)
     _check_types(fields)
     return [
         Request("", {**fields, "prompt": prompt, "seed": seed, "concepts": list(specs)}, name)

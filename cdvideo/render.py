@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cdvideo.concept import Concept, load_concept
+from cdvideo.control import check_controls, control_frames, resolve_controls
 from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings, check_seed
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.files import atomic_path
@@ -44,9 +45,9 @@ from cdvideo.step_cache import check_step_cache, step_cache_applied
 
 
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
-    """Fill every `None` from the preset (frame count and fps from a source video first), and draw a seed
-    if none was given."""
-    settings = resolve_source(settings, preset.fps)
+    """Fill every `None` from the preset (frame count and fps from a source video or the first control
+    clip first), and draw a seed if none was given."""
+    settings = resolve_controls(resolve_source(settings, preset.fps))
     defaults = {
         "negative_prompt": preset.negative_prompt,
         "num_frames": preset.num_frames,
@@ -106,6 +107,7 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
         raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
     check_binding(settings.concept_binding)
     check_source(settings)
+    check_controls(settings)
     check_step_cache(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
@@ -182,7 +184,8 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
     """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
 
     The call is exactly what a plain diffusers script makes, so the frames are identical to it; with a
-    source video (`settings.video`) `pipeline` is the video-to-video one (`Renderer.task_pipeline`).
+    source video (`settings.video`) or ControlNets (`settings.controls`) `pipeline` is the matching one
+    around the same modules (`Renderer.task_pipeline`).
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
     `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.strength_scheduled), passed only if given.
     """
@@ -196,6 +199,15 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
         task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
     else:
         task = dict(num_frames=settings.num_frames)
+    if settings.controls:  # one ControlNet: its frames, scale, start, end; several: lists of them
+        from PIL import Image
+
+        frames = [[Image.fromarray(f) for f in control_frames(spec, settings)] for spec in settings.controls]
+        one = len(settings.controls) == 1
+        task.update(conditioning_frames=frames[0] if one else frames,
+                    **{name: getattr(settings.controls[0], field) if one else [getattr(c, field) for c in settings.controls]
+                       for name, field in (("controlnet_conditioning_scale", "scale"),
+                                           ("control_guidance_start", "start"), ("control_guidance_end", "end"))})
     output = pipeline(
         prompt=pipeline_prompt(settings),  # {frame: prompt} when the prompt travels
         negative_prompt=settings.negative_prompt or None,
@@ -267,6 +279,7 @@ class Renderer:
         )
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
+        self._controlnets: dict[str, Any] = {}  # loaded once per model source, kept for later renders
 
     def _use_scheduler(self, name: str | None) -> None:
         from cdvideo.models import make_scheduler
@@ -320,7 +333,18 @@ class Renderer:
         the video-to-video one around the same modules (concepts applied to either apply to both)."""
         from cdvideo.models import task_pipeline
 
-        return task_pipeline(self.pipeline, video=bool(settings.video))
+        return task_pipeline(self.pipeline, video=bool(settings.video),
+                             controlnets=[self.controlnet(spec.model) for spec in settings.controls])
+
+    def controlnet(self, source: str):
+        """The ControlNet at `source` (hub id, directory, single file), loaded on first use and checked to fit."""
+        from cdvideo.models import check_controlnet, load_controlnet
+
+        if source not in self._controlnets:
+            model = load_controlnet(source, dtype=self.dtype, device=self.device)
+            check_controlnet(model, self.pipeline.unet, source)
+            self._controlnets[source] = model
+        return self._controlnets[source]
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
@@ -330,7 +354,7 @@ class Renderer:
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        if settings[0].video or needs_one_by_one(self.pipeline, settings[0]):
+        if settings[0].video or settings[0].controls or needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         with self._prepared(settings[0], concepts, loras) as (pipeline, callback):
             return render_frames_batch(pipeline, settings, progress=progress, callback=callback)

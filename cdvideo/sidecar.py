@@ -76,8 +76,10 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
             {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
             for lora, strength, name in loras
         ],
-        # A video-to-video render's source: `--from` warns when it changed since (the frames would differ).
+        # The clips a render followed (a source video, control clips): `--from` warns when one changed since.
         **({"source_video": {"path": settings.video, "sha256": source_sha256(settings.video)}} if settings.video else {}),
+        **({"controls": [{"kind": c.kind, "path": c.path, "sha256": source_sha256(c.path), "model": c.model}
+                         for c in settings.controls]} if settings.controls else {}),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
@@ -134,17 +136,17 @@ def changed_concepts(sidecar: dict[str, Any], hashes: dict[str, str] | None = No
     return changed
 
 
-def changed_source(sidecar: dict[str, Any]) -> str | None:
-    """The recorded source video's path if it is gone or differs from its recorded hash, else None."""
+def changed_clips(sidecar: dict[str, Any]) -> list[str]:
+    """The recorded source video and control clips that are gone or differ from their recorded hash."""
     from cdvideo.source_video import source_sha256
 
-    recorded = sidecar.get("source_video")
-    if not isinstance(recorded, dict):
-        return None
-    path = str(recorded.get("path", ""))
-    if Path(path).exists() and source_sha256(path) == recorded.get("sha256"):
-        return None
-    return path
+    recorded = [sidecar.get("source_video"), *(sidecar.get("controls") or [])]
+    changed = []
+    for clip in (c for c in recorded if isinstance(c, dict)):
+        path = str(clip.get("path", ""))
+        if not (Path(path).exists() and source_sha256(path) == clip.get("sha256")):
+            changed.append(path)
+    return changed
 
 
 def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ...] = (),
@@ -166,6 +168,6 @@ def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ..
 
     if comparable(sidecar["settings"]) != comparable(settings):
         return None
-    if changed_concepts(sidecar, hashes) or changed_source(sidecar):
-        return None  # a concept file or the source video changed since: its video is out of date
+    if changed_concepts(sidecar, hashes) or changed_clips(sidecar):
+        return None  # a concept file, the source video or a control clip changed since: its video is out of date
     return sidecar

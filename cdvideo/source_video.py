@@ -31,19 +31,19 @@ from cdvideo.errors import ConfigError, InputFileError, VideoIOError
 DEFAULT_STRENGTH = 0.8  # diffusers' default; docs/video-to-video.md measures it on the Shapes world
 
 
-def read_source(path: str) -> tuple[np.ndarray, float]:
-    """The source's uint8 frames (f, h, w, 3) and fps, or one line naming the file and what is wrong."""
+def read_source(path: str, what: str = "source video") -> tuple[np.ndarray, float]:
+    """The clip's uint8 frames (f, h, w, 3) and fps, or one line naming `what`, the file and what is wrong."""
     from cdvideo.export import read_video
 
     if not Path(path).exists():
-        raise InputFileError(f"source video not found: {path}")
+        raise InputFileError(f"{what} not found: {path}")
     try:
         frames, fps = read_video(path)
     except VideoIOError as error:
         why = str(error).removeprefix(f"could not read {path}: ")
-        raise VideoIOError(f"source video {path} cannot be read: {why}") from None
+        raise VideoIOError(f"{what} {path} cannot be read: {why}") from None
     if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise VideoIOError(f"source video {path} has no frames")
+        raise VideoIOError(f"{what} {path} has no frames")
     return frames, fps
 
 

@@ -16,7 +16,7 @@ from cdvideo.export import write_video
 from cdvideo.render import prepare_render, render_to_file
 from cdvideo.sidecar import read_sidecar
 from cdvideo.source_video import fit_frames
-from conftest import make_concept
+from conftest import make_concept, plain_diffusers_pipeline, weights_of
 
 SMALL = dict(model="tiny", height=32, width=32, steps=4, guidance_scale=7.5, seed=3, video_strength=0.6)
 
@@ -45,33 +45,16 @@ def concept_file(tiny_pipeline, tmp_path) -> str:
     return str(path)
 
 
-def weights(pipeline) -> dict[str, torch.Tensor]:
-    state = {f"unet.{k}": v.clone() for k, v in pipeline.unet.state_dict().items()}
-    state.update({f"text.{k}": v.clone() for k, v in pipeline.text_encoder.state_dict().items()})
-    return state
-
-
 def diffusers_video_to_video(settings: RenderSettings, source: Path, concept=None, strength=1.0) -> np.ndarray:
-    """What a plain diffusers script renders: AnimateDiffVideoToVideoPipeline from the tiny directory, the
-    concept (if any) put in by hand, its token with diffusers' load_textual_inversion and its key/value
-    changes merged into the weights; the source frames read with PIL."""
-    from diffusers import AnimateDiffVideoToVideoPipeline, DDIMScheduler, MotionAdapter
+    """What a plain diffusers script renders: AnimateDiffVideoToVideoPipeline from the tiny directory with the
+    concept (if any) put in by hand; the source frames read with PIL."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
 
     from cdvideo.models import load_preset
     from cdvideo.models.tiny import tiny_model_dir
 
-    directory = tiny_model_dir()
-    adapter = MotionAdapter.from_pretrained(directory / "motion_adapter", dtype=torch.float32)
-    pipe = AnimateDiffVideoToVideoPipeline.from_pretrained(directory, motion_adapter=adapter, dtype=torch.float32)
-    pipe.scheduler = DDIMScheduler.from_pretrained(directory, subfolder="scheduler",
-                                                   **load_preset("tiny").scheduler_config)
-    pipe.set_progress_bar_config(disable=True)
-    if concept is not None:
-        pipe.load_textual_inversion([{t: e} for t, e in concept.tokens.items()], token=list(concept.tokens))
-        params = dict(pipe.unet.named_parameters())
-        with torch.no_grad():
-            for name in concept.deltas:
-                params[name].copy_(params[name].float() + strength * concept.delta(name))
+    pipe = plain_diffusers_pipeline(AnimateDiffVideoToVideoPipeline, tiny_model_dir(), load_preset("tiny").scheduler_config,
+                                    concept, strength)
     video = [Image.open(frame).convert("RGB") for frame in sorted(source.glob("*.png"))]
     frames = pipe(video=video, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
                   height=settings.height, width=settings.width, num_inference_steps=settings.steps,
@@ -84,7 +67,7 @@ def test_frames_equal_diffusers_video_to_video_with_a_concept_taken_off_after(ti
                                                                                tmp_path):
     from cdvideo.concept import load_concept
 
-    before = weights(tiny_renderer.pipeline)
+    before = weights_of(tiny_renderer.pipeline)
     tokens_before = len(tiny_renderer.pipeline.tokenizer)
     settings = RenderSettings(prompt="a <new1> dog running", negative_prompt="bad quality", video=str(source),
                               concepts=[ConceptSpec(concept_file, 0.7)], concept_binding="merged", **SMALL)
@@ -93,7 +76,7 @@ def test_frames_equal_diffusers_video_to_video_with_a_concept_taken_off_after(ti
     assert ours.frames.shape == (6, 32, 32, 3)  # the source's frame count
     assert np.array_equal(ours.frames, expected)
 
-    after = weights(tiny_renderer.pipeline)  # the concept is off again, bit for bit
+    after = weights_of(tiny_renderer.pipeline)  # the concept is off again, bit for bit
     assert len(tiny_renderer.pipeline.tokenizer) == tokens_before
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     plain = render_to_file(RenderSettings(prompt="a dog running", negative_prompt="bad quality", video=str(source),

@@ -103,6 +103,21 @@ def add_parser(subparsers) -> None:
         "--motion-lora", dest="motion_loras", action="append", default=None, metavar="FILE|NAME[:STRENGTH]",
         help="motion LoRA (e.g. v2-zoom-in from `cdvideo motion list`, or a file), repeatable; ':0.7' scales it",
     )
+    parser.add_argument(
+        "--control", dest="controls", action="append", default=None, metavar="KIND:PATH[:SCALE]",
+        help="a ControlNet steering every frame, repeatable: canny (edges computed from a clip), or canny-map, depth, "
+             "openpose, lineart, softedge, scribble, normal, seg, mlsd, tile with control frames already made "
+             "(a PNG folder or a video); ':0.8' scales it (docs/video-to-video.md)",
+    )
+    parser.add_argument(
+        "--control-model", dest="control_models", action="append", default=None, metavar="KIND=MODEL",
+        help="the ControlNet for a kind: a hub id, a diffusers directory or a single file (default: the kind's "
+             "SD 1.5 v1.1 ControlNet from lllyasviel)",
+    )
+    parser.add_argument("--control-start", type=float, default=None, metavar="SHARE",
+                        help="share of the steps before the ControlNets start steering (default 0)")
+    parser.add_argument("--control-end", type=float, default=None, metavar="SHARE",
+                        help="share of the steps after which the ControlNets stop steering (default 1)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output video path (default: outputs/<prompt>-<seed>.mp4)")
     parser.add_argument("--from", dest="from_sidecar", type=Path, default=None, metavar="SIDECAR",
@@ -113,7 +128,7 @@ def add_parser(subparsers) -> None:
 
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
-    from cdvideo.config import ConceptSpec, LoraSpec, MotionLoraSpec, RenderSettings
+    from cdvideo.config import ConceptSpec, ControlSpec, LoraSpec, MotionLoraSpec, RenderSettings
     from cdvideo.sidecar import read_sidecar
 
     data: dict = {}
@@ -133,7 +148,37 @@ def settings_from_args(args):
         data["loras"] = [LoraSpec.parse(text) for text in args.loras]
     if args.motion_loras is not None:
         data["motion_loras"] = [MotionLoraSpec.parse(text) for text in args.motion_loras]
+    if args.controls is not None:
+        data["controls"] = [ControlSpec.parse(text) for text in args.controls]
+    data["controls"] = control_flags(args, data.get("controls") or [])
     return RenderSettings.from_dict(data, "render settings"), out
+
+
+def control_flags(args, controls: list) -> list:
+    """--control-model KIND=MODEL, --control-start and --control-end applied to the controls (from flags or --from)."""
+    import dataclasses
+
+    from cdvideo.config import ControlSpec, convert_value
+    from cdvideo.errors import ConfigError
+
+    models = {}
+    for text in args.control_models or []:
+        kind, sep, model = text.partition("=")
+        if not sep or not kind or not model:
+            raise ConfigError(f"--control-model {text!r}: write KIND=MODEL, e.g. canny=lllyasviel/sd-controlnet-canny")
+        models[kind] = model
+    controls = [convert_value(ControlSpec, c, "render settings: field 'controls'") for c in controls]
+    unused = sorted(set(models) - {c.kind for c in controls})
+    if unused:
+        raise ConfigError(f"--control-model names kind {unused[0]!r}, but no --control of that kind is given")
+    changed = []
+    for control in controls:
+        control = dataclasses.replace(control, model=models.get(control.kind, control.model))
+        for name in ("start", "end"):
+            if getattr(args, f"control_{name}") is not None:
+                control = dataclasses.replace(control, **{name: getattr(args, f"control_{name}")})
+        changed.append(control)
+    return changed
 
 
 def run(args) -> int:
@@ -164,15 +209,16 @@ def run(args) -> int:
 
 
 def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
-    """A concept file or source video that changed since the recorded render cannot give the same frames."""
+    """A concept file, source video or control clip that changed since the recorded render cannot give the same frames."""
     import warnings
 
-    from cdvideo.sidecar import changed_concepts, changed_source, read_sidecar
+    from cdvideo.sidecar import changed_clips, changed_concepts, read_sidecar
 
     asked = {spec.path for spec in settings.concepts}
     for path in changed_concepts(read_sidecar(sidecar_path)):
         if path in asked and Path(path).is_file():  # a missing file is named by the render itself
             warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")
-    source = changed_source(read_sidecar(sidecar_path))
-    if source and source == settings.video and Path(source).exists():
-        warnings.warn(f"the source video {source} changed since {sidecar_path} was written: the frames will differ")
+    clips = {settings.video, *(c.path for c in settings.controls)}
+    for path in changed_clips(read_sidecar(sidecar_path)):
+        if path in clips and Path(path).exists():
+            warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")

@@ -191,15 +191,47 @@ def load_training_components(preset: ModelPreset, *, device: str, dtype) -> dict
     )
 
 
-def task_pipeline(pipeline, *, video: bool = False):
+def task_pipeline(pipeline, *, video: bool = False, controlnets: list | None = None):
     """A diffusers pipeline for another task built around `pipeline`'s own modules (nothing loaded or
-    copied): `AnimateDiffVideoToVideoPipeline` for a source video, else `pipeline` itself. Made per
+    copied): `AnimateDiffVideoToVideoPipeline` for a source video, `AnimateDiffControlNetPipeline` with
+    ControlNets, `AnimateDiffVideoToVideoControlNetPipeline` with both, else `pipeline` itself. Made per
     render, so it always has the scheduler the render switched to."""
-    if not video:
+    if not video and not controlnets:
         return pipeline
-    from diffusers import AnimateDiffVideoToVideoPipeline
+    import diffusers
 
     components = {name: module for name, module in pipeline.components.items()
                   if name in ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler",
                               "feature_extractor", "image_encoder")}
-    return AnimateDiffVideoToVideoPipeline(**components)
+    if not controlnets:
+        return diffusers.AnimateDiffVideoToVideoPipeline(**components)
+    cls = diffusers.AnimateDiffVideoToVideoControlNetPipeline if video else diffusers.AnimateDiffControlNetPipeline
+    # One ControlNet as itself, several as a list (diffusers wraps them in a MultiControlNetModel).
+    return cls(**components, controlnet=controlnets[0] if len(controlnets) == 1 else list(controlnets))
+
+
+def load_controlnet(source: str, *, dtype, device: str):
+    """A ControlNetModel from a hub id, a diffusers directory or a single file (original or diffusers names)."""
+    from diffusers import ControlNetModel
+
+    kwargs = dict(torch_dtype=dtype, local_files_only=hub_offline())
+    try:
+        if is_weight_file(source):
+            model = ControlNetModel.from_single_file(source, **kwargs)
+        else:
+            model = ControlNetModel.from_pretrained(resolve_source(source), **kwargs)
+    except (OSError, ValueError, CdVideoError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = ("check the path" if Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+                else f"download it while online with `hf download {source}`, or give a local directory")
+        raise ModelNotAvailableError(f"ControlNet {source!r} could not be loaded ({first_line}): {hint}") from error
+    return model.to(device)
+
+
+def check_controlnet(controlnet, unet, name: str) -> None:
+    """A ControlNet made for another base (SD 2, SDXL) cannot steer this UNet: one line before any frame."""
+    ours = (unet.config.cross_attention_dim, tuple(unet.config.block_out_channels))
+    theirs = (controlnet.config.cross_attention_dim, tuple(controlnet.config.block_out_channels))
+    if ours != theirs:
+        raise ConfigError(f"ControlNet {name} was made for another base model (cross-attention {theirs[0]}, blocks "
+                          f"{list(theirs[1])}; this model's: {ours[0]}, {list(ours[1])}): use an SD 1.5 ControlNet")
