@@ -304,6 +304,25 @@ class ControlSpec:
 
 
 @dataclass
+class IPAdapterSpec:
+    """One IP-Adapter reference image and how strongly it steers (`--ip-adapter toy.png:0.6`)."""
+
+    image: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "IPAdapterSpec":
+        """`IMAGE` or `IMAGE:SCALE`."""
+        image, sep, scale = text.rpartition(":")
+        if sep and image and not scale.startswith(("/", "\\")):
+            try:
+                return cls(image=image, scale=float(scale))
+            except ValueError:
+                pass  # a colon that is part of the path
+        return cls(image=text)
+
+
+@dataclass
 class RenderSettings:
     """Everything one render needs. `None` means "the model preset's default"."""
 
@@ -361,6 +380,12 @@ class RenderSettings:
     video_strength: float | None = None
     # ControlNets (cdvideo.control): each a kind, its control clip or frames, model, scale and start/end.
     controls: list[ControlSpec] = field(default_factory=list)
+    # IP-Adapter (cdvideo.ip_adapter): reference images, each with its scale (each through its own copy of the
+    # adapter, so each keeps its own scale); the adapter weights file (None: SD 1.5's, h94/IP-Adapter) and the
+    # CLIP image encoder (None: the image_encoder folder beside the adapter file).
+    ip_adapters: list[IPAdapterSpec] = field(default_factory=list)
+    ip_adapter_model: str | None = None
+    ip_adapter_image_encoder: str | None = None
     # VAE slicing (tiling above its tile size) and, on CUDA, model CPU offload for this render; same frames.
     low_vram: bool = False
     # Step caching (DeepCache; cdvideo.step_cache): the whole UNet every step_cache steps, only its shallow

@@ -33,6 +33,7 @@ from cdvideo.files import atomic_path
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
 from cdvideo.guidance import guidance_rescale_applied
+from cdvideo.ip_adapter import check_ip_adapter, ip_adapter_applied, resolve_ip_adapter
 from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_uint8
 from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPreset, load_preset, locate, preset_lora_specs
@@ -47,7 +48,7 @@ from cdvideo.step_cache import check_step_cache, step_cache_applied
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
     """Fill every `None` from the preset (frame count and fps from a source video or the first control
     clip first), and draw a seed if none was given."""
-    settings = resolve_controls(resolve_source(settings, preset.fps))
+    settings = resolve_ip_adapter(resolve_controls(resolve_source(settings, preset.fps)))
     defaults = {
         "negative_prompt": preset.negative_prompt,
         "num_frames": preset.num_frames,
@@ -108,6 +109,7 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
     check_binding(settings.concept_binding)
     check_source(settings)
     check_controls(settings)
+    check_ip_adapter(settings)
     check_step_cache(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
@@ -199,6 +201,10 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
         task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
     else:
         task = dict(num_frames=settings.num_frames)
+    if settings.ip_adapters:  # one reference image per copy of the adapter (cdvideo.ip_adapter)
+        from PIL import Image
+
+        task.update(ip_adapter_image=[Image.open(spec.image).convert("RGB") for spec in settings.ip_adapters])
     if settings.controls:  # one ControlNet: its frames, scale, start, end; several: lists of them
         from PIL import Image
 
@@ -279,7 +285,8 @@ class Renderer:
         )
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
-        self._controlnets: dict[str, Any] = {}  # loaded once per model source, kept for later renders
+        # ControlNets, IP-Adapter weights and image encoders: loaded once per source, kept for later renders.
+        self._extras: dict[str, Any] = {}
 
     def _use_scheduler(self, name: str | None) -> None:
         from cdvideo.models import make_scheduler
@@ -320,7 +327,9 @@ class Renderer:
         self._use_scheduler(settings.scheduler)
         pipeline = self.task_pipeline(settings)
         factors = schedule_factors(settings.concept_start, settings.concept_schedule, settings.steps)
+        adapter = self.ip_adapter(settings) if settings.ip_adapters else None
         with (self._applied(concepts, loras, settings.concept_binding) as injector,
+              ip_adapter_applied(pipeline, adapter, [spec.scale for spec in settings.ip_adapters]),  # after the concepts
               long_video_applied(pipeline, settings),
               step_cache_applied(pipeline, settings),  # inside guidance rescale and offload, which wrap forward
               low_vram_applied(pipeline, settings, self.device),
@@ -333,18 +342,37 @@ class Renderer:
         the video-to-video one around the same modules (concepts applied to either apply to both)."""
         from cdvideo.models import task_pipeline
 
+        encoder = self.image_encoder(settings.ip_adapter_image_encoder) if settings.ip_adapters else None
         return task_pipeline(self.pipeline, video=bool(settings.video),
-                             controlnets=[self.controlnet(spec.model) for spec in settings.controls])
+                             controlnets=[self.controlnet(spec.model) for spec in settings.controls], image_encoder=encoder)
+
+    def ip_adapter(self, settings: RenderSettings) -> dict:
+        """The IP-Adapter weights of `settings` (read once, kept for later renders)."""
+        from cdvideo.models import load_ip_adapter_weights
+
+        key = f"ip-adapter:{settings.ip_adapter_model}"
+        if key not in self._extras:
+            self._extras[key] = load_ip_adapter_weights(settings.ip_adapter_model)
+        return self._extras[key]
+
+    def image_encoder(self, source: str):
+        """An IP-Adapter's CLIP image encoder, loaded on first use and kept."""
+        from cdvideo.models import load_image_encoder
+
+        key = f"image-encoder:{source}"
+        if key not in self._extras:
+            self._extras[key] = load_image_encoder(source, dtype=self.dtype, device=self.device)
+        return self._extras[key]
 
     def controlnet(self, source: str):
         """The ControlNet at `source` (hub id, directory, single file), loaded on first use and checked to fit."""
         from cdvideo.models import check_controlnet, load_controlnet
 
-        if source not in self._controlnets:
+        if source not in self._extras:
             model = load_controlnet(source, dtype=self.dtype, device=self.device)
             check_controlnet(model, self.pipeline.unet, source)
-            self._controlnets[source] = model
-        return self._controlnets[source]
+            self._extras[source] = model
+        return self._extras[source]
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
@@ -354,7 +382,7 @@ class Renderer:
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        if settings[0].video or settings[0].controls or needs_one_by_one(self.pipeline, settings[0]):
+        if settings[0].video or settings[0].controls or settings[0].ip_adapters or needs_one_by_one(self.pipeline, settings[0]):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         with self._prepared(settings[0], concepts, loras) as (pipeline, callback):
             return render_frames_batch(pipeline, settings, progress=progress, callback=callback)

@@ -59,6 +59,10 @@ SETTING_FLAGS = {
                    "frame count and fps are the source's unless given (docs/video-to-video.md)"),
     "video_strength": (float, "with --video: how far the source is noised before it is denoised, (0, 1]; lower keeps "
                               "more of it (default 0.8)"),
+    "ip_adapter_model": (str, "with --ip-adapter: the IP-Adapter weights, a file or owner/repo/path/file.safetensors "
+                              "(default: h94/IP-Adapter/models/ip-adapter_sd15.safetensors)"),
+    "ip_adapter_image_encoder": (str, "with --ip-adapter: its CLIP image encoder, a directory or owner/repo/subfolder "
+                                      "(default: the image_encoder folder beside the adapter file)"),
     "step_cache_branch": (int, "where --step-cache's shallow branch ends, in skip connections (0: the shallowest and "
                                "fastest, DeepCache's default; larger is closer to full compute)"),
 }
@@ -118,6 +122,11 @@ def add_parser(subparsers) -> None:
                         help="share of the steps before the ControlNets start steering (default 0)")
     parser.add_argument("--control-end", type=float, default=None, metavar="SHARE",
                         help="share of the steps after which the ControlNets stop steering (default 1)")
+    parser.add_argument(
+        "--ip-adapter", dest="ip_adapters", action="append", default=None, metavar="IMAGE[:SCALE]",
+        help="an IP-Adapter reference image, repeatable, each with its scale (default 1); works beside concepts, "
+             "token-bound ones included (docs/video-to-video.md)",
+    )
     parser.add_argument("--out", type=Path, default=None,
                         help="output video path (default: outputs/<prompt>-<seed>.mp4)")
     parser.add_argument("--from", dest="from_sidecar", type=Path, default=None, metavar="SIDECAR",
@@ -128,7 +137,7 @@ def add_parser(subparsers) -> None:
 
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
-    from cdvideo.config import ConceptSpec, ControlSpec, LoraSpec, MotionLoraSpec, RenderSettings
+    from cdvideo.config import ConceptSpec, ControlSpec, IPAdapterSpec, LoraSpec, MotionLoraSpec, RenderSettings
     from cdvideo.sidecar import read_sidecar
 
     data: dict = {}
@@ -148,6 +157,8 @@ def settings_from_args(args):
         data["loras"] = [LoraSpec.parse(text) for text in args.loras]
     if args.motion_loras is not None:
         data["motion_loras"] = [MotionLoraSpec.parse(text) for text in args.motion_loras]
+    if args.ip_adapters is not None:
+        data["ip_adapters"] = [IPAdapterSpec.parse(text) for text in args.ip_adapters]
     if args.controls is not None:
         data["controls"] = [ControlSpec.parse(text) for text in args.controls]
     data["controls"] = control_flags(args, data.get("controls") or [])
