@@ -208,6 +208,12 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
             fields[key] = resolve_path(fields[key], base_dir)
     if isinstance(fields.get("video"), str):  # a source video is always a path, never a name
         fields["video"] = resolve_path(fields["video"], base_dir)
+    for spec in fields.get("ip_adapters") or []:  # IP-Adapter reference images
+        if isinstance(spec, dict) and isinstance(spec.get("image"), str):
+            spec["image"] = resolve_path(spec["image"], base_dir)
+    for key in ("ip_adapter_model", "ip_adapter_image_encoder"):
+        if isinstance(fields.get(key), str) and fields[key].startswith((".", "~", "/")):
+            fields[key] = resolve_path(fields[key], base_dir)
     for control in fields.get("controls") or []:  # control clips too; a ControlNet may be a hub id
         if isinstance(control, dict) and isinstance(control.get("path"), str):
             control["path"] = resolve_path(control["path"], base_dir)

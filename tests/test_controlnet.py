@@ -205,3 +205,21 @@ def test_control_flags_parse(tmp_path, clip):
     args = build_parser().parse_args(["render", "--control-model", "pose=x", "--prompt", "a dog"])
     with pytest.raises(ConfigError, match="no --control of that kind"):
         settings_from_args(args)
+
+
+def test_batch_entries_take_controls_and_reference_images_relative_to_the_prompt_file(clip, tmp_path):
+    import json
+
+    from cdvideo.batch import plan_batch
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "toy.png")
+    prompts = tmp_path / "prompts.jsonl"  # clip and toy.png sit beside the prompt file
+    prompts.write_text(json.dumps({"prompt": "a dog", "seed": 1, "controls": [{"kind": "canny", "path": clip.name,
+                                                                               "scale": 0.5, "end": 0.8}],
+                                   "ip_adapters": [{"image": "toy.png", "scale": 0.4}]}) + "\n")
+    (item,) = plan_batch(prompts, {"model": "tiny", "height": 32, "width": 32})
+    control = item.settings.controls[0]
+    assert (control.path, control.scale, control.end, control.model) == (
+        str(clip), 0.5, 0.8, "lllyasviel/control_v11p_sd15_canny")
+    assert item.settings.num_frames == 5  # the control clip's
+    assert item.settings.ip_adapters[0].image == str(tmp_path / "toy.png") and item.settings.ip_adapters[0].scale == 0.4

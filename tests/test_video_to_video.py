@@ -189,3 +189,12 @@ def test_batch_entries_take_a_source_relative_to_the_prompt_file_and_resume_on_i
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(frame)  # the source changed: both are out of date
     assert [r["status"] for r in run_batch(plan_batch(prompts, tiny), tmp_path / "out", renderer=tiny_renderer,
                                            progress=False, gallery=False).records] == ["done", "done"]
+
+
+def test_a_source_longer_than_the_motion_module_renders_in_windows(tiny_renderer, tmp_path):
+    long = tmp_path / "long"
+    write_video(np.concatenate([moving_square(6)] * 7), long, fps=8)  # 42 frames; the tiny module takes 32
+    with pytest.warns(UserWarning, match="42 frames are more than the motion module's 32"):
+        result = render_to_file(RenderSettings(prompt="a dog", video=str(long), **{**SMALL, "steps": 2}),
+                                tmp_path / "out", renderer=tiny_renderer, progress=False)
+    assert result.frames.shape == (42, 32, 32, 3)
