@@ -15,8 +15,8 @@ the `source` row judges the source clips themselves against the same prompts (mo
 Means come with 95 % bootstrap intervals over clips. Targets (issue 21): motion kept >= 0.9 of clips
 and concept >= 0.8 of frames; the chosen strength is the one meeting both with the most `everything`.
 
-    OMP_NUM_THREADS=1 python scripts/shapes_video_to_video.py --seeds 4 --strengths 0.4 0.6 0.8 1.0 \\
-        --markdown docs/video-to-video-shapes.md
+    OMP_NUM_THREADS=1 python scripts/shapes_video_to_video.py --sources 8 --seeds 4 --strengths 0.2 0.4 0.6 0.8 1.0
+    python scripts/shapes_video_to_video.py --only-sources --sources 4   # just the clips, for `cdvideo render --video`
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=None, help="the table (default: WORK/results.md)")
     parser.add_argument("--json", type=Path, default=None, help="every clip's scores (default: WORK/results.json)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only-sources", action="store_true", help="write the source clips (PNG folders) and stop")
     args = parser.parse_args(argv)
     if args.sources < 1 or args.seeds < 1:
         parser.error("--sources and --seeds must be at least 1")
@@ -110,12 +111,14 @@ def main(argv=None) -> int:
     from cdvideo.render import Renderer, prepare_render
     from cdvideo.shapes.evaluate import markdown_table
 
-    # 1. The model and the source clips.
-    preset = load_preset(args.model)
-    renderer = Renderer(preset, device=args.device)
+    # 1. The source clips and the model.
     args.work.mkdir(parents=True, exist_ok=True)
     sources = make_sources(args.work, args.sources, args.source_seed)
-    print("[sources]\n  " + "\n  ".join(f"{p.name}: {c} -> {t}" for p, c, t, _ in sources), flush=True)
+    print("[sources]\n  " + "\n  ".join(f"{p}: {c} -> {t}" for p, c, t, _ in sources), flush=True)
+    if args.only_sources:
+        return 0
+    preset = load_preset(args.model)
+    renderer = Renderer(preset, device=args.device)
 
     # 2. Rows: the sources as they are, text-to-video with the concept, video-to-video at each strength.
     rows = {"source": None, "text": None, **{f"video {s:g}": s for s in args.strengths}}

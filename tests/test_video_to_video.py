@@ -198,3 +198,17 @@ def test_a_source_longer_than_the_motion_module_renders_in_windows(tiny_renderer
         result = render_to_file(RenderSettings(prompt="a dog", video=str(long), **{**SMALL, "steps": 2}),
                                 tmp_path / "out", renderer=tiny_renderer, progress=False)
     assert result.frames.shape == (42, 32, 32, 3)
+
+
+def test_the_shapes_measurement_sources_move_as_their_captions_say(tmp_path):
+    from cdvideo.shapes.judge import judge_clip
+    from conftest import load_script
+
+    script = load_script("shapes_video_to_video")
+    sources = script.make_sources(tmp_path, 8, seed=0)
+    assert [p.name for p, *_ in sources] == [f"source-{i:02d}" for i in range(8)]
+    for path, caption, prompt, frames in sources:
+        judged = judge_clip(frames, caption)
+        assert judged.motion and judged.both == 1.0, caption  # the judge reads the source as its caption
+        assert prompt.startswith("a <new1> circle moving") and caption.split(" circle ")[1] == prompt.split(" circle ")[1]
+        assert (path / "00007.png").is_file()
