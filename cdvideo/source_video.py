@@ -18,9 +18,11 @@ This module imports neither torch nor diffusers: everything here is checked befo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +40,35 @@ def read_source(path: str, what: str = "source video") -> tuple[np.ndarray, floa
     if not Path(path).exists():
         raise InputFileError(f"{what} not found: {path}")
     try:
-        frames, fps = read_video(path)
+        with _native_stderr_silenced():  # decord / ffmpeg print their own lines for a broken file
+            frames, fps = read_video(path)
     except VideoIOError as error:
         why = str(error).removeprefix(f"could not read {path}: ")
         raise VideoIOError(f"{what} {path} cannot be read: {why}") from None
     if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
         raise VideoIOError(f"{what} {path} has no frames")
     return frames, fps
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for the block: native decoders write there directly, past Python, and an
+    unreadable clip must be one line (the error cdvideo raises)."""
+    import sys
+
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
