@@ -186,7 +186,7 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
     """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
 
     The call is exactly what a plain diffusers script makes, so the frames are identical to it; with a
-    source video (`settings.video`) or ControlNets (`settings.controls`) `pipeline` is the matching one
+    source video, ControlNets or an IP-Adapter (`task_inputs`) `pipeline` is diffusers' one for the task
     around the same modules (`Renderer.task_pipeline`).
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
     `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.strength_scheduled), passed only if given.
@@ -195,29 +195,10 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
 
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    if settings.video:  # AnimateDiffVideoToVideoPipeline: the source's frames, fitted, set the frame count
-        from PIL import Image
-
-        task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
-    else:
-        task = dict(num_frames=settings.num_frames)
-    if settings.ip_adapters:  # one reference image per copy of the adapter (cdvideo.ip_adapter)
-        from PIL import Image
-
-        task.update(ip_adapter_image=[Image.open(spec.image).convert("RGB") for spec in settings.ip_adapters])
-    if settings.controls:  # one ControlNet: its frames, scale, start, end; several: lists of them
-        from PIL import Image
-
-        frames = [[Image.fromarray(f) for f in control_frames(spec, settings)] for spec in settings.controls]
-        one = len(settings.controls) == 1
-        task.update(conditioning_frames=frames[0] if one else frames,
-                    **{name: getattr(settings.controls[0], field) if one else [getattr(c, field) for c in settings.controls]
-                       for name, field in (("controlnet_conditioning_scale", "scale"),
-                                           ("control_guidance_start", "start"), ("control_guidance_end", "end"))})
     output = pipeline(
         prompt=pipeline_prompt(settings),  # {frame: prompt} when the prompt travels
         negative_prompt=settings.negative_prompt or None,
-        **task,
+        **task_inputs(settings),
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.steps,
@@ -227,6 +208,28 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
         **({"callback_on_step_end": callback} if callback else {}),
     )
     return frames_to_uint8(output.frames[0])  # (f, h, w, 3)
+
+
+def task_inputs(settings: RenderSettings) -> dict[str, Any]:
+    """The pipeline arguments of resolved `settings` beyond text-to-video's: the source video and strength
+    (else the frame count), IP-Adapter reference images, and ControlNet frames, scales, start and end."""
+    from PIL import Image
+
+    if settings.video:  # AnimateDiffVideoToVideoPipeline: the source's frames, fitted, set the frame count
+        task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
+    else:
+        task = dict(num_frames=settings.num_frames)
+    if settings.ip_adapters:  # one reference image per copy of the adapter (cdvideo.ip_adapter)
+        task.update(ip_adapter_image=[Image.open(spec.image).convert("RGB") for spec in settings.ip_adapters])
+    if settings.controls:  # one ControlNet: its frames, scale, start, end; several: lists of them
+        frames = [[Image.fromarray(f) for f in control_frames(spec, settings)] for spec in settings.controls]
+        one = len(settings.controls) == 1
+        task.update(conditioning_frames=frames[0] if one else frames)
+        for name, field in (("controlnet_conditioning_scale", "scale"), ("control_guidance_start", "start"),
+                            ("control_guidance_end", "end")):
+            values = [getattr(control, field) for control in settings.controls]
+            task[name] = values[0] if one else values
+    return task
 
 
 def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool = True,
@@ -338,8 +341,9 @@ class Renderer:
             yield pipeline, callback
 
     def task_pipeline(self, settings: RenderSettings):
-        """The diffusers pipeline a render calls: the loaded text-to-video one, or for a source video
-        the video-to-video one around the same modules (concepts applied to either apply to both)."""
+        """The diffusers pipeline a render calls: the loaded text-to-video one, or for a source video,
+        ControlNets or an IP-Adapter diffusers' one for the task around the same modules (concepts applied
+        to either apply to both)."""
         from cdvideo.models import task_pipeline
 
         encoder = self.image_encoder(settings.ip_adapter_image_encoder) if settings.ip_adapters else None
@@ -382,7 +386,8 @@ class Renderer:
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        if settings[0].video or settings[0].controls or settings[0].ip_adapters or needs_one_by_one(self.pipeline, settings[0]):
+        first = settings[0]  # the task pipelines take one source, control set and reference set per call
+        if first.video or first.controls or first.ip_adapters or needs_one_by_one(self.pipeline, first):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
         with self._prepared(settings[0], concepts, loras) as (pipeline, callback):
             return render_frames_batch(pipeline, settings, progress=progress, callback=callback)
