@@ -376,7 +376,7 @@ class RenderSettings:
     # prompt (and concepts) repaint it. Frame count and fps come from it unless given.
     video: str | None = None
     # How far the source is noised before it is denoised again, (0, 1]: low keeps more of the source,
-    # 1 keeps only its broad layout. None: 0.8 with a video (diffusers' default).
+    # 1 keeps only its broad layout. None: the model preset's (0.8, diffusers' default; Shapes 0.6, measured).
     video_strength: float | None = None
     # ControlNets (cdvideo.control): each a kind, its control clip or frames, model, scale and start/end.
     controls: list[ControlSpec] = field(default_factory=list)

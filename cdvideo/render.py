@@ -48,7 +48,7 @@ from cdvideo.step_cache import check_step_cache, step_cache_applied
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
     """Fill every `None` from the preset (frame count and fps from a source video or the first control
     clip first), and draw a seed if none was given."""
-    settings = resolve_ip_adapter(resolve_controls(resolve_source(settings, preset.fps)))
+    settings = resolve_ip_adapter(resolve_controls(resolve_source(settings, preset)))
     defaults = {
         "negative_prompt": preset.negative_prompt,
         "num_frames": preset.num_frames,

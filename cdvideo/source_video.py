@@ -30,9 +30,6 @@ import numpy as np
 from cdvideo.config import RenderSettings
 from cdvideo.errors import ConfigError, InputFileError, VideoIOError
 
-DEFAULT_STRENGTH = 0.8  # diffusers' default; docs/video-to-video.md measures it on the Shapes world
-
-
 def read_source(path: str, what: str = "source video") -> tuple[np.ndarray, float]:
     """The clip's uint8 frames (f, h, w, 3) and fps, or one line naming `what`, the file and what is wrong."""
     from cdvideo.export import read_video
@@ -99,17 +96,18 @@ def source_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def resolve_source(settings: RenderSettings, preset_fps: int | None) -> RenderSettings:
-    """The source path made absolute, and frame count and fps taken from the source where not given."""
+def resolve_source(settings: RenderSettings, preset) -> RenderSettings:
+    """The source path made absolute, frame count and fps taken from the source where not given, and the
+    strength from the model preset (`ModelPreset.video_strength`) where not given."""
     if not settings.video:
         return settings
     path = str(Path(settings.video).expanduser().absolute())
     frames, fps = read_source(path)
     return dataclasses.replace(
         settings, video=path,
-        video_strength=DEFAULT_STRENGTH if settings.video_strength is None else settings.video_strength,
+        video_strength=preset.video_strength if settings.video_strength is None else settings.video_strength,
         num_frames=frames.shape[0] if settings.num_frames is None else settings.num_frames,
-        fps=settings.fps if settings.fps is not None else (round(fps) if fps > 0 else preset_fps))
+        fps=settings.fps if settings.fps is not None else (round(fps) if fps > 0 else preset.fps))
 
 
 def check_source(settings: RenderSettings) -> None:

@@ -58,7 +58,7 @@ SETTING_FLAGS = {
                    "its layout and motion stay. Frames are scaled to cover --height x --width and cut about the centre; "
                    "frame count and fps are the source's unless given (docs/video-to-video.md)"),
     "video_strength": (float, "with --video: how far the source is noised before it is denoised, (0, 1]; lower keeps "
-                              "more of it (default 0.8)"),
+                              "more of it (default: the preset's, 0.8; Shapes 0.6)"),
     "ip_adapter_model": (str, "with --ip-adapter: the IP-Adapter weights, a file or owner/repo/path/file.safetensors "
                               "(default: h94/IP-Adapter/models/ip-adapter_sd15.safetensors)"),
     "ip_adapter_image_encoder": (str, "with --ip-adapter: its CLIP image encoder, a directory or owner/repo/subfolder "
