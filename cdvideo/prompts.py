@@ -187,7 +187,13 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     known = {f.name for f in dataclasses.fields(RenderSettings)} | set(ENTRY_EXTRA_KEYS)
     unknown = sorted(map(str, set(entry) - known))
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(map(quote, unknown[:10]))}; known fields: {', '.join(sorted(known))}")
+        import difflib
+
+        # The nearest field names when there are some: the whole list (60 names) buries a typo's fix.
+        near = sorted({m for name in unknown[:10] for m in difflib.get_close_matches(name, known, n=2)})
+        hint = (f"did you mean {', '.join(map(repr, near))}?" if near else
+                "known fields: every RenderSettings field (cdvideo/config.py, docs/batch.md) and name")
+        raise ConfigError(f"unknown field(s) {', '.join(map(quote, unknown[:10]))}; {hint}")
     fields = dict(entry)
     name = fields.pop("name", None)
     if name is not None and not isinstance(name, str):
