@@ -22,6 +22,7 @@ import numpy as np
 
 from cdvideo.config import ControlSpec, RenderSettings
 from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.hub import check_cached
 from cdvideo.source_video import fit_frames, read_source
 
 # kind -> the SD 1.5 ControlNet (v1.1, lllyasviel) used when a control names no model.
@@ -92,6 +93,8 @@ def check_controls(settings: RenderSettings) -> None:
     if settings.controls and settings.step_cache > 1:
         raise ConfigError("step_cache is not available with ControlNets (--control): their residuals enter "
                           "the deep blocks a cached step skips")
+    for spec in settings.controls:  # the user's own inputs first, then whether the models are there
+        check_cached(str(spec.model), f"control {spec.kind}:{spec.path}: ControlNet")
 
 
 def control_frames(spec: ControlSpec, settings: RenderSettings) -> np.ndarray:

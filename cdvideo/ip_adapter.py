@@ -24,6 +24,7 @@ from typing import Iterator
 
 from cdvideo.config import RenderSettings
 from cdvideo.errors import ConfigError, InputFileError
+from cdvideo.hub import check_cached
 
 # SD 1.5's IP-Adapter; its CLIP image encoder (ViT-H) is the image_encoder folder beside it.
 DEFAULT_MODEL = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
@@ -68,12 +69,13 @@ def check_ip_adapter(settings: RenderSettings) -> None:
                 image.verify()
         except (UnidentifiedImageError, OSError) as error:
             raise InputFileError(f"IP-Adapter image {spec.image} cannot be read: {error}") from None
+    if settings.step_cache > 1:
+        raise ConfigError("step_cache is not available with an IP-Adapter (--ip-adapter)")
     for what, source in (("IP-Adapter", settings.ip_adapter_model), ("IP-Adapter image encoder",
                                                                     settings.ip_adapter_image_encoder)):
         if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
             raise InputFileError(f"{what} not found: {source}")
-    if settings.step_cache > 1:
-        raise ConfigError("step_cache is not available with an IP-Adapter (--ip-adapter)")
+        check_cached(source, what)
 
 
 class _BoundProjections:

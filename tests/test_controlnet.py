@@ -160,11 +160,21 @@ def test_canny_is_opencvs_on_frames_fitted_to_the_render_size(tmp_path):
     assert np.array_equal(edges[..., 0], np.stack([cv2.Canny(f, 100, 200) for f in fitted]))
 
 
-def test_the_control_clip_gives_the_frame_count_and_the_kind_its_model(clip, tmp_path):
-    request = prepare_render(RenderSettings(prompt="a dog", model="tiny", controls=[ControlSpec("depth", str(clip))]),
-                             tmp_path / "x.mp4")
-    assert request.settings.num_frames == 5
-    assert request.settings.controls[0].model == "lllyasviel/control_v11f1p_sd15_depth"
+def test_the_control_clip_gives_the_frame_count_and_the_kind_its_model(tiny_preset, clip, tmp_path, capfd,
+                                                                      monkeypatch):
+    from cdvideo.render import resolve_settings
+
+    settings = resolve_settings(RenderSettings(prompt="a dog", model="tiny", controls=[ControlSpec("depth", str(clip))]),
+                                tiny_preset)
+    assert settings.num_frames == 5
+    assert settings.controls[0].model == "lllyasviel/control_v11f1p_sd15_depth"
+    import cdvideo.models  # offline and not in the cache (the tests' empty one): one line before any model loads
+
+    monkeypatch.setattr(cdvideo.models, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = main(["render", "--model", "tiny", "--control", f"depth:{clip}", "--prompt", "a dog", "--quiet",
+                 "--out", str(tmp_path / "x.mp4")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "lllyasviel/control_v11f1p_sd15_depth is not in the Hugging Face cache" in err[0]
 
 
 @pytest.mark.parametrize("control,fields,error,message", [

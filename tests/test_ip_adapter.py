@@ -160,7 +160,12 @@ def test_missing_adapter_file_and_defaults(tmp_path, images):
     with pytest.raises(InputFileError, match="IP-Adapter not found"):
         prepare_render(RenderSettings(prompt="a dog", model="tiny", ip_adapters=[IPAdapterSpec(str(images[0]))],
                                       ip_adapter_model="./nowhere/ip.safetensors"), tmp_path / "x.mp4")
-    request = prepare_render(RenderSettings(prompt="a dog", model="tiny", ip_adapters=[IPAdapterSpec(str(images[0]))]),
-                             tmp_path / "x.mp4")
-    assert request.settings.ip_adapter_model == "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
-    assert request.settings.ip_adapter_image_encoder == "h94/IP-Adapter/models/image_encoder"
+    from cdvideo.errors import ModelNotAvailableError
+    from cdvideo.render import resolve_settings
+
+    asked = RenderSettings(prompt="a dog", model="tiny", ip_adapters=[IPAdapterSpec(str(images[0]))])
+    settings = resolve_settings(asked, load_preset("tiny"))
+    assert settings.ip_adapter_model == "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
+    assert settings.ip_adapter_image_encoder == "h94/IP-Adapter/models/image_encoder"
+    with pytest.raises(ModelNotAvailableError, match="ip-adapter_sd15.safetensors is not in the Hugging Face cache"):
+        prepare_render(asked, tmp_path / "x.mp4")  # offline, the tests' cache empty: refused before loading
