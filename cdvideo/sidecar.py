@@ -76,10 +76,13 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
             {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
             for lora, strength, name in loras
         ],
-        # The clips a render followed (a source video, control clips): `--from` warns when one changed since.
+        # The clips and images a render followed (a source video, control clips, IP-Adapter images): `--from`
+        # warns when one changed since, and a batch renders the item again.
         **({"source_video": {"path": settings.video, "sha256": source_sha256(settings.video)}} if settings.video else {}),
         **({"controls": [{"kind": c.kind, "path": c.path, "sha256": source_sha256(c.path), "model": c.model}
                          for c in settings.controls]} if settings.controls else {}),
+        **({"ip_adapters": [{"path": spec.image, "sha256": source_sha256(spec.image), "scale": spec.scale}
+                            for spec in settings.ip_adapters]} if settings.ip_adapters else {}),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
@@ -137,10 +140,10 @@ def changed_concepts(sidecar: dict[str, Any], hashes: dict[str, str] | None = No
 
 
 def changed_clips(sidecar: dict[str, Any]) -> list[str]:
-    """The recorded source video and control clips that are gone or differ from their recorded hash."""
+    """The recorded source video, control clips and IP-Adapter images that are gone or differ from their recorded hash."""
     from cdvideo.source_video import source_sha256
 
-    recorded = [sidecar.get("source_video"), *(sidecar.get("controls") or [])]
+    recorded = [sidecar.get("source_video"), *(sidecar.get("controls") or []), *(sidecar.get("ip_adapters") or [])]
     changed = []
     for clip in (c for c in recorded if isinstance(c, dict)):
         path = str(clip.get("path", ""))

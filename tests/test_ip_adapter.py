@@ -15,6 +15,7 @@ from cdvideo.config import ConceptSpec, IPAdapterSpec, RenderSettings
 from cdvideo.models import load_preset
 from cdvideo.models.tiny import tiny_model_dir
 from cdvideo.render import prepare_render, render_to_file
+from cdvideo.sidecar import read_sidecar
 from conftest import make_concept, plain_diffusers_pipeline, weights_of
 
 SMALL = dict(model="tiny", height=32, width=32, steps=3, guidance_scale=7.5, seed=5, num_frames=4)
@@ -109,6 +110,8 @@ def test_frames_equal_diffusers_ip_adapter_with_a_merged_concept_and_all_is_rest
     assert all(unet.attn_processors[name] is processor for name, processor in processors.items())
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
     assert tiny_renderer.pipeline.image_encoder is None  # the loaded pipeline never carries it
+    recorded = read_sidecar(ours.sidecar)["ip_adapters"][0]
+    assert recorded["path"] == str(images[0]) and recorded["scale"] == 0.6 and len(recorded["sha256"]) == 64
     plain = render_to_file(RenderSettings(prompt="a dog", **SMALL), tmp_path / "plain", renderer=tiny_renderer,
                            progress=False)
     assert not np.array_equal(plain.frames, ours.frames)

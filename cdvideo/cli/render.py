@@ -229,7 +229,7 @@ def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
     for path in changed_concepts(read_sidecar(sidecar_path)):
         if path in asked and Path(path).is_file():  # a missing file is named by the render itself
             warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")
-    clips = {settings.video, *(c.path for c in settings.controls)}
+    clips = {settings.video, *(c.path for c in settings.controls), *(spec.image for spec in settings.ip_adapters)}
     for path in changed_clips(read_sidecar(sidecar_path)):
         if path in clips and Path(path).exists():
             warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")
