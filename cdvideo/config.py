@@ -274,6 +274,55 @@ class MotionLoraSpec(ConceptSpec):
 
 
 @dataclass
+class ControlSpec:
+    """One ControlNet on a render: the kind of control, the clip or frames it comes from, and how hard it steers.
+
+    `canny` computes edge maps from an ordinary clip (cdvideo.control); every other kind (`canny-map`,
+    `depth`, `openpose`, ...) takes control frames already made (a folder of PNGs or a video)."""
+
+    kind: str
+    path: str
+    # ControlNet weights: a hub id, a diffusers directory or a single file. None: the kind's SD 1.5 model.
+    model: str | None = None
+    scale: float = 1.0  # controlnet_conditioning_scale
+    start: float = 0.0  # share of the steps before the ControlNet starts steering
+    end: float = 1.0  # share of the steps after which it stops
+
+    @classmethod
+    def parse(cls, text: str) -> "ControlSpec":
+        """`KIND:PATH[:SCALE]` (the CLI's `--control canny:walk.mp4:0.8`)."""
+        kind, sep, rest = text.partition(":")
+        if not sep or not kind or not rest:
+            raise ConfigError(f"--control {text!r}: write KIND:PATH[:SCALE], e.g. canny:walk.mp4 or depth:depth_frames/:0.7")
+        path, sep, scale = rest.rpartition(":")
+        if sep and path and not scale.startswith(("/", "\\")):
+            try:
+                return cls(kind=kind, path=path, scale=float(scale))
+            except ValueError:
+                pass  # a colon inside the path
+        return cls(kind=kind, path=rest)
+
+
+@dataclass
+class IPAdapterSpec:
+    """One IP-Adapter reference image and how strongly it steers (`--ip-adapter toy.png:0.6`)."""
+
+    image: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "IPAdapterSpec":
+        """`IMAGE` or `IMAGE:SCALE`."""
+        image, sep, scale = text.rpartition(":")
+        if sep and image and not scale.startswith(("/", "\\")):
+            try:
+                return cls(image=image, scale=float(scale))
+            except ValueError:
+                pass  # a colon that is part of the path
+        return cls(image=text)
+
+
+@dataclass
 class RenderSettings:
     """Everything one render needs. `None` means "the model preset's default"."""
 
@@ -323,6 +372,20 @@ class RenderSettings:
     # FreeInit passes: N x the time for steadier motion; 0 or 1 is off.
     free_init: int = 0
     motion_loras: list[MotionLoraSpec] = field(default_factory=list)
+    # Video-to-video (cdvideo.source_video): a source clip whose layout and motion the render keeps; the
+    # prompt (and concepts) repaint it. Frame count and fps come from it unless given.
+    video: str | None = None
+    # How far the source is noised before it is denoised again, (0, 1]: low keeps more of the source,
+    # 1 keeps only its broad layout. None: the model preset's (0.8, diffusers' default; Shapes 0.6, measured).
+    video_strength: float | None = None
+    # ControlNets (cdvideo.control): each a kind, its control clip or frames, model, scale and start/end.
+    controls: list[ControlSpec] = field(default_factory=list)
+    # IP-Adapter (cdvideo.ip_adapter): reference images, each with its scale (each through its own copy of the
+    # adapter, so each keeps its own scale); the adapter weights file (None: SD 1.5's, h94/IP-Adapter) and the
+    # CLIP image encoder (None: the image_encoder folder beside the adapter file).
+    ip_adapters: list[IPAdapterSpec] = field(default_factory=list)
+    ip_adapter_model: str | None = None
+    ip_adapter_image_encoder: str | None = None
     # VAE slicing (tiling above its tile size) and, on CUDA, model CPU offload for this render; same frames.
     low_vram: bool = False
     # Step caching (DeepCache; cdvideo.step_cache): the whole UNet every step_cache steps, only its shallow

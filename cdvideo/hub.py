@@ -82,3 +82,21 @@ def hub_weight_file(spec: str) -> str | None:
         return hf_hub_download(repo, filename)
     except Exception as error:  # any network or hub failure is one line
         raise ModelNotAvailableError(f"{spec} could not be downloaded ({str(error).splitlines()[0]})") from error
+
+
+def check_cached(source: str, what: str, relative: str = "config.json") -> None:
+    """Offline (HF_HUB_OFFLINE), a hub model that is not in the cache is one line at once, before any model
+    loads. `source`: a local path (nothing to check), `owner/repo[/subfolder]` (its `relative` file must be
+    cached) or `owner/repo/path/file.safetensors`."""
+    if Path(source).expanduser().exists() or not hub_offline():
+        return
+    parts = hub_file_parts(source)
+    if parts is None:
+        pieces = source.split("/")
+        if len(pieces) < 2:
+            return  # not a hub id: whatever reads it names the problem
+        repo, subfolder = "/".join(pieces[:2]), "/".join(pieces[2:])
+        parts = (repo, f"{subfolder}/{relative}" if subfolder else relative)
+    if local_file(*parts) is None:
+        raise ModelNotAvailableError(f"{what} {source} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                                     f"download it while online (`hf download {parts[0]}`) or give a local path")

@@ -187,7 +187,13 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     known = {f.name for f in dataclasses.fields(RenderSettings)} | set(ENTRY_EXTRA_KEYS)
     unknown = sorted(map(str, set(entry) - known))
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(map(quote, unknown[:10]))}; known fields: {', '.join(sorted(known))}")
+        import difflib
+
+        # The nearest field names when there are some: the whole list (60 names) buries a typo's fix.
+        near = sorted({m for name in unknown[:10] for m in difflib.get_close_matches(name, known, n=2)})
+        hint = (f"did you mean {', '.join(map(repr, near))}?" if near else
+                "known fields: every RenderSettings field (cdvideo/config.py, docs/batch.md) and name")
+        raise ConfigError(f"unknown field(s) {', '.join(map(quote, unknown[:10]))}; {hint}")
     fields = dict(entry)
     name = fields.pop("name", None)
     if name is not None and not isinstance(name, str):
@@ -206,6 +212,19 @@ def expand_entry(entry: dict[str, Any], base_dir: Path, seeds: list[int] | None 
     for key in ("model", "motion_adapter"):
         if isinstance(fields.get(key), str) and fields[key].startswith((".", "~", "/")):
             fields[key] = resolve_path(fields[key], base_dir)
+    if isinstance(fields.get("video"), str):  # a source video is always a path, never a name
+        fields["video"] = resolve_path(fields["video"], base_dir)
+    for spec in fields.get("ip_adapters") or []:  # IP-Adapter reference images
+        if isinstance(spec, dict) and isinstance(spec.get("image"), str):
+            spec["image"] = resolve_path(spec["image"], base_dir)
+    for key in ("ip_adapter_model", "ip_adapter_image_encoder"):
+        if isinstance(fields.get(key), str) and fields[key].startswith((".", "~", "/")):
+            fields[key] = resolve_path(fields[key], base_dir)
+    for control in fields.get("controls") or []:  # control clips too; a ControlNet may be a hub id
+        if isinstance(control, dict) and isinstance(control.get("path"), str):
+            control["path"] = resolve_path(control["path"], base_dir)
+        if isinstance(control, dict) and isinstance(control.get("model"), str) and control["model"].startswith((".", "~", "/")):
+            control["model"] = resolve_path(control["model"], base_dir)
     _check_types(fields)
     return [
         Request("", {**fields, "prompt": prompt, "seed": seed, "concepts": list(specs)}, name)

@@ -26,24 +26,29 @@ from typing import Any
 import numpy as np
 
 from cdvideo.concept import Concept, load_concept
+from cdvideo.control import check_controls, control_frames, resolve_controls
 from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings, check_seed
 from cdvideo.errors import ConfigError, InputFileError
 from cdvideo.files import atomic_path
 from cdvideo.long_video import (check_long_video, long_video_applied, needs_one_by_one, pipeline_prompt,
                                 resolve_long_video, window_note)
 from cdvideo.guidance import guidance_rescale_applied
+from cdvideo.ip_adapter import check_ip_adapter, ip_adapter_applied, resolve_ip_adapter
 from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_uint8
 from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPreset, load_preset, locate, preset_lora_specs
 from cdvideo.outputs import check_output
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
+from cdvideo.source_video import check_source, resolve_source, source_frames
 from cdvideo.step_cache import check_step_cache, step_cache_applied
 
 
 
 def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSettings:
-    """Fill every `None` from the preset, and draw a seed if none was given."""
+    """Fill every `None` from the preset (frame count and fps from a source video or the first control
+    clip first), and draw a seed if none was given."""
+    settings = resolve_ip_adapter(resolve_controls(resolve_source(settings, preset)))
     defaults = {
         "negative_prompt": preset.negative_prompt,
         "num_frames": preset.num_frames,
@@ -102,6 +107,9 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
     if not 0 <= settings.concept_start < 1:
         raise ConfigError(f"concept_start must be at least 0 and below 1 (a share of the steps), got {settings.concept_start}")
     check_binding(settings.concept_binding)
+    check_source(settings)
+    check_controls(settings)
+    check_ip_adapter(settings)
     check_step_cache(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
@@ -177,7 +185,9 @@ def prompt_warnings(prompt: str, concepts: list[tuple[Concept, float, str]]) -> 
 def render_frames(pipeline, settings: RenderSettings, progress: bool = True, callback=None) -> np.ndarray:
     """Run the pipeline for resolved settings; uint8 frames (f, h, w, 3).
 
-    The call is exactly what a plain diffusers script makes, so the frames are identical to it.
+    The call is exactly what a plain diffusers script makes, so the frames are identical to it; with a
+    source video, ControlNets or an IP-Adapter (`task_inputs`) `pipeline` is diffusers' one for the task
+    around the same modules (`Renderer.task_pipeline`).
     The generator lives on the CPU: the same seed gives the same initial noise on any device.
     `callback`: a diffusers `callback_on_step_end` (cdvideo.inject.strength_scheduled), passed only if given.
     """
@@ -188,7 +198,7 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
     output = pipeline(
         prompt=pipeline_prompt(settings),  # {frame: prompt} when the prompt travels
         negative_prompt=settings.negative_prompt or None,
-        num_frames=settings.num_frames,
+        **task_inputs(settings),
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.steps,
@@ -198,6 +208,28 @@ def render_frames(pipeline, settings: RenderSettings, progress: bool = True, cal
         **({"callback_on_step_end": callback} if callback else {}),
     )
     return frames_to_uint8(output.frames[0])  # (f, h, w, 3)
+
+
+def task_inputs(settings: RenderSettings) -> dict[str, Any]:
+    """The pipeline arguments of resolved `settings` beyond text-to-video's: the source video and strength
+    (else the frame count), IP-Adapter reference images, and ControlNet frames, scales, start and end."""
+    from PIL import Image
+
+    if settings.video:  # AnimateDiffVideoToVideoPipeline: the source's frames, fitted, set the frame count
+        task = dict(video=[Image.fromarray(frame) for frame in source_frames(settings)], strength=settings.video_strength)
+    else:
+        task = dict(num_frames=settings.num_frames)
+    if settings.ip_adapters:  # one reference image per copy of the adapter (cdvideo.ip_adapter)
+        task.update(ip_adapter_image=[Image.open(spec.image).convert("RGB") for spec in settings.ip_adapters])
+    if settings.controls:  # one ControlNet: its frames, scale, start, end; several: lists of them
+        frames = [[Image.fromarray(f) for f in control_frames(spec, settings)] for spec in settings.controls]
+        one = len(settings.controls) == 1
+        task.update(conditioning_frames=frames[0] if one else frames)
+        for name, field in (("controlnet_conditioning_scale", "scale"), ("control_guidance_start", "start"),
+                            ("control_guidance_end", "end")):
+            values = [getattr(control, field) for control in settings.controls]
+            task[name] = values[0] if one else values
+    return task
 
 
 def render_frames_batch(pipeline, settings: list[RenderSettings], progress: bool = True,
@@ -256,6 +288,8 @@ class Renderer:
         )
         self.scheduler = preset.scheduler
         self._scheduler_config = dict(self.pipeline.scheduler.config)
+        # ControlNets, IP-Adapter weights and image encoders: loaded once per source, kept for later renders.
+        self._extras: dict[str, Any] = {}
 
     def _use_scheduler(self, name: str | None) -> None:
         from cdvideo.models import make_scheduler
@@ -289,31 +323,74 @@ class Renderer:
     def _prepared(self, settings: RenderSettings, concepts, loras):
         """Everything one render (or one batch, which shares `settings`' shared fields) switches on and
         off again: scheduler, LoRAs and concepts, long-video windows, low-VRAM, guidance rescale, and
-        the concepts' strength schedule. Yields the step-end callback to pass to the pipeline, or None."""
+        the concepts' strength schedule. Yields the pipeline to call (`task_pipeline`) and the step-end
+        callback to pass to it, or None."""
         from cdvideo.inject import schedule_factors, strength_scheduled
 
         self._use_scheduler(settings.scheduler)
+        pipeline = self.task_pipeline(settings)
         factors = schedule_factors(settings.concept_start, settings.concept_schedule, settings.steps)
+        adapter = self.ip_adapter(settings) if settings.ip_adapters else None
         with (self._applied(concepts, loras, settings.concept_binding) as injector,
-              long_video_applied(self.pipeline, settings),
-              step_cache_applied(self.pipeline, settings),  # inside guidance rescale and offload, which wrap forward
-              low_vram_applied(self.pipeline, settings, self.device),
-              guidance_rescale_applied(self.pipeline, settings),
+              ip_adapter_applied(pipeline, adapter, [spec.scale for spec in settings.ip_adapters]),  # after the concepts
+              long_video_applied(pipeline, settings),
+              step_cache_applied(pipeline, settings),  # inside guidance rescale and offload, which wrap forward
+              low_vram_applied(pipeline, settings, self.device),
+              guidance_rescale_applied(pipeline, settings),
               strength_scheduled(injector, factors) as callback):
-            yield callback
+            yield pipeline, callback
+
+    def task_pipeline(self, settings: RenderSettings):
+        """The diffusers pipeline a render calls: the loaded text-to-video one, or for a source video,
+        ControlNets or an IP-Adapter diffusers' one for the task around the same modules (concepts applied
+        to either apply to both)."""
+        from cdvideo.models import task_pipeline
+
+        encoder = self.image_encoder(settings.ip_adapter_image_encoder) if settings.ip_adapters else None
+        return task_pipeline(self.pipeline, video=bool(settings.video),
+                             controlnets=[self.controlnet(spec.model) for spec in settings.controls], image_encoder=encoder)
+
+    def ip_adapter(self, settings: RenderSettings) -> dict:
+        """The IP-Adapter weights of `settings` (read once, kept for later renders)."""
+        from cdvideo.models import load_ip_adapter_weights
+
+        key = f"ip-adapter:{settings.ip_adapter_model}"
+        if key not in self._extras:
+            self._extras[key] = load_ip_adapter_weights(settings.ip_adapter_model)
+        return self._extras[key]
+
+    def image_encoder(self, source: str):
+        """An IP-Adapter's CLIP image encoder, loaded on first use and kept."""
+        from cdvideo.models import load_image_encoder
+
+        key = f"image-encoder:{source}"
+        if key not in self._extras:
+            self._extras[key] = load_image_encoder(source, dtype=self.dtype, device=self.device)
+        return self._extras[key]
+
+    def controlnet(self, source: str):
+        """The ControlNet at `source` (hub id, directory, single file), loaded on first use and checked to fit."""
+        from cdvideo.models import check_controlnet, load_controlnet
+
+        if source not in self._extras:
+            model = load_controlnet(source, dtype=self.dtype, device=self.device)
+            check_controlnet(model, self.pipeline.unet, source)
+            self._extras[source] = model
+        return self._extras[source]
 
     def render(self, settings: RenderSettings, concepts: list[tuple[Concept, float, str]] | None = None,
                progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> np.ndarray:
-        with self._prepared(settings, concepts, loras) as callback:
-            return render_frames(self.pipeline, settings, progress=progress, callback=callback)
+        with self._prepared(settings, concepts, loras) as (pipeline, callback):
+            return render_frames(pipeline, settings, progress=progress, callback=callback)
 
     def render_batch(self, settings: list[RenderSettings], concepts: list[tuple[Concept, float, str]] | None = None,
                      progress: bool = True, loras: list[tuple[Any, float, str]] | None = None) -> list[np.ndarray]:
         """`render` for settings that share all but prompt, negative prompt and seed, in one pipeline call."""
-        if needs_one_by_one(self.pipeline, settings[0]):
+        first = settings[0]  # the task pipelines take one source, control set and reference set per call
+        if first.video or first.controls or first.ip_adapters or needs_one_by_one(self.pipeline, first):
             return [self.render(s, concepts, progress=progress, loras=loras) for s in settings]
-        with self._prepared(settings[0], concepts, loras) as callback:
-            return render_frames_batch(self.pipeline, settings, progress=progress, callback=callback)
+        with self._prepared(settings[0], concepts, loras) as (pipeline, callback):
+            return render_frames_batch(pipeline, settings, progress=progress, callback=callback)
 
 
 @dataclass

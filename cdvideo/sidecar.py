@@ -48,6 +48,7 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
     from cdvideo.concept import file_sha256
     from cdvideo.formats.concepts import source_sha256
     from cdvideo.inject import trained_binding
+    from cdvideo.source_video import source_sha256
 
     return {
         "format": SIDECAR_FORMAT,
@@ -75,6 +76,13 @@ def sidecar_record(*, video_name: str, settings, preset, concepts, loras, device
             {"path": name, "sha256": file_sha256(name), "strength": strength, "layout": lora.flavour}
             for lora, strength, name in loras
         ],
+        # The clips and images a render followed (a source video, control clips, IP-Adapter images): `--from`
+        # warns when one changed since, and a batch renders the item again.
+        **({"source_video": {"path": settings.video, "sha256": source_sha256(settings.video)}} if settings.video else {}),
+        **({"controls": [{"kind": c.kind, "path": c.path, "sha256": source_sha256(c.path), "model": c.model}
+                         for c in settings.controls]} if settings.controls else {}),
+        **({"ip_adapters": [{"path": spec.image, "sha256": source_sha256(spec.image), "scale": spec.scale}
+                            for spec in settings.ip_adapters]} if settings.ip_adapters else {}),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "frames": {"count": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])},
@@ -131,6 +139,19 @@ def changed_concepts(sidecar: dict[str, Any], hashes: dict[str, str] | None = No
     return changed
 
 
+def changed_clips(sidecar: dict[str, Any]) -> list[str]:
+    """The recorded source video, control clips and IP-Adapter images that are gone or differ from their recorded hash."""
+    from cdvideo.source_video import source_sha256
+
+    recorded = [sidecar.get("source_video"), *(sidecar.get("controls") or []), *(sidecar.get("ip_adapters") or [])]
+    changed = []
+    for clip in (c for c in recorded if isinstance(c, dict)):
+        path = str(clip.get("path", ""))
+        if not (Path(path).exists() and source_sha256(path) == clip.get("sha256")):
+            changed.append(path)
+    return changed
+
+
 def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ...] = (),
                     hashes: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The sidecar of `video` if both exist, it names the video, records exactly `settings` (but the
@@ -150,6 +171,6 @@ def finished_render(video: Path, settings: dict[str, Any], ignore: tuple[str, ..
 
     if comparable(sidecar["settings"]) != comparable(settings):
         return None
-    if changed_concepts(sidecar, hashes):
-        return None  # a concept file changed since: its video is out of date
+    if changed_concepts(sidecar, hashes) or changed_clips(sidecar):
+        return None  # a concept file, the source video or a control clip changed since: its video is out of date
     return sidecar

@@ -120,3 +120,30 @@ def plain_diffusers_frames(directory, settings, scheduler_config: dict) -> np.nd
                    guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
                    output_type="np").frames[0]
     return (frames * 255).round().astype(np.uint8)
+
+
+def plain_diffusers_pipeline(cls, directory, scheduler_config: dict, concept=None, strength: float = 1.0, **extra):
+    """A diffusers AnimateDiff pipeline of class `cls` (video-to-video, ControlNet, ...) read from a model
+    directory as a plain script would (`extra`: its other components, a controlnet), DDIM with the preset's
+    `scheduler_config`, and `concept` (a cdvideo Concept) put in by hand: its token through diffusers'
+    load_textual_inversion, its key/value changes times `strength` merged into the UNet's weights."""
+    from diffusers import DDIMScheduler, MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(Path(directory) / "motion_adapter", dtype=torch.float32)
+    pipe = cls.from_pretrained(directory, motion_adapter=adapter, dtype=torch.float32, **extra)
+    pipe.scheduler = DDIMScheduler.from_pretrained(directory, subfolder="scheduler", **scheduler_config)
+    pipe.set_progress_bar_config(disable=True)
+    if concept is not None:
+        pipe.load_textual_inversion([{t: e} for t, e in concept.tokens.items()], token=list(concept.tokens))
+        params = dict(pipe.unet.named_parameters())
+        with torch.no_grad():
+            for name in concept.deltas:
+                params[name].copy_(params[name].float() + strength * concept.delta(name))
+    return pipe
+
+
+def weights_of(pipeline) -> dict[str, torch.Tensor]:
+    """Every UNet and text-encoder tensor of a pipeline, copied: compare before and after a render."""
+    state = {f"unet.{k}": v.clone() for k, v in pipeline.unet.state_dict().items()}
+    state.update({f"text.{k}": v.clone() for k, v in pipeline.text_encoder.state_dict().items()})
+    return state

@@ -10,6 +10,8 @@ EXAMPLES = """examples:
       --prompt "a <new1> dog running on the beach" --out outputs/dog.mp4
   cdvideo render --concept dog.safetensors:0.8 --concept hat.safetensors \\
       --prompt "a <new1> dog wearing a <new2> hat" --seed 42 --num-frames 16
+  cdvideo render --concept dog.safetensors --video walk.mp4 --strength 0.7 \\
+      --prompt "a <new1> dog walking" --out outputs/dog-walk.mp4   # the motion of walk.mp4
   cdvideo render --from outputs/dog.json --out outputs/dog-again.mp4   # the same frames again
 """
 
@@ -52,13 +54,22 @@ SETTING_FLAGS = {
                        "model CPU offload (slower). On the CPU offload is meaningless, only the VAE changes"),
     "step_cache": (int, "step caching (DeepCache): the whole UNet every N steps, only its shallow branch between; "
                         "3 is DeepCache's choice (speed and quality cost: scripts/bench_fast.py). Default 0: off"),
+    "video": (str, "source video (mp4, webm, gif, webp or a PNG folder) to re-render with the prompt and concepts: "
+                   "its layout and motion stay. Frames are scaled to cover --height x --width and cut about the centre; "
+                   "frame count and fps are the source's unless given (docs/video-to-video.md)"),
+    "video_strength": (float, "with --video: how far the source is noised before it is denoised, (0, 1]; lower keeps "
+                              "more of it (default: the preset's, 0.8; Shapes 0.6)"),
+    "ip_adapter_model": (str, "with --ip-adapter: the IP-Adapter weights, a file or owner/repo/path/file.safetensors "
+                              "(default: h94/IP-Adapter/models/ip-adapter_sd15.safetensors)"),
+    "ip_adapter_image_encoder": (str, "with --ip-adapter: its CLIP image encoder, a directory or owner/repo/subfolder "
+                                      "(default: the image_encoder folder beside the adapter file)"),
     "step_cache_branch": (int, "where --step-cache's shallow branch ends, in skip connections (0: the shallowest and "
                                "fastest, DeepCache's default; larger is closer to full compute)"),
 }
 
 
 # Shorter names shown first; the field's own flag keeps working.
-_FLAG_ALIASES = {"motion_adapter": ("--motion",)}
+_FLAG_ALIASES = {"motion_adapter": ("--motion",), "video_strength": ("--strength",)}
 
 
 def add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
@@ -96,6 +107,26 @@ def add_parser(subparsers) -> None:
         "--motion-lora", dest="motion_loras", action="append", default=None, metavar="FILE|NAME[:STRENGTH]",
         help="motion LoRA (e.g. v2-zoom-in from `cdvideo motion list`, or a file), repeatable; ':0.7' scales it",
     )
+    parser.add_argument(
+        "--control", dest="controls", action="append", default=None, metavar="KIND:PATH[:SCALE]",
+        help="a ControlNet steering every frame, repeatable: canny (edges computed from a clip), or canny-map, depth, "
+             "openpose, lineart, softedge, scribble, normal, seg, mlsd, tile with control frames already made "
+             "(a PNG folder or a video); ':0.8' scales it (docs/video-to-video.md)",
+    )
+    parser.add_argument(
+        "--control-model", dest="control_models", action="append", default=None, metavar="KIND=MODEL",
+        help="the ControlNet for a kind: a hub id, a diffusers directory or a single file (default: the kind's "
+             "SD 1.5 v1.1 ControlNet from lllyasviel)",
+    )
+    parser.add_argument("--control-start", type=float, default=None, metavar="SHARE",
+                        help="share of the steps before the ControlNets start steering (default 0)")
+    parser.add_argument("--control-end", type=float, default=None, metavar="SHARE",
+                        help="share of the steps after which the ControlNets stop steering (default 1)")
+    parser.add_argument(
+        "--ip-adapter", dest="ip_adapters", action="append", default=None, metavar="IMAGE[:SCALE]",
+        help="an IP-Adapter reference image, repeatable, each with its scale (default 1); works beside concepts, "
+             "token-bound ones included (docs/video-to-video.md)",
+    )
     parser.add_argument("--out", type=Path, default=None,
                         help="output video path (default: outputs/<prompt>-<seed>.mp4)")
     parser.add_argument("--from", dest="from_sidecar", type=Path, default=None, metavar="SIDECAR",
@@ -106,7 +137,7 @@ def add_parser(subparsers) -> None:
 
 def settings_from_args(args):
     """RenderSettings from a sidecar (if --from) with the given flags on top, and the output path."""
-    from cdvideo.config import ConceptSpec, LoraSpec, MotionLoraSpec, RenderSettings
+    from cdvideo.config import ConceptSpec, ControlSpec, IPAdapterSpec, LoraSpec, MotionLoraSpec, RenderSettings
     from cdvideo.sidecar import read_sidecar
 
     data: dict = {}
@@ -126,7 +157,39 @@ def settings_from_args(args):
         data["loras"] = [LoraSpec.parse(text) for text in args.loras]
     if args.motion_loras is not None:
         data["motion_loras"] = [MotionLoraSpec.parse(text) for text in args.motion_loras]
+    if args.ip_adapters is not None:
+        data["ip_adapters"] = [IPAdapterSpec.parse(text) for text in args.ip_adapters]
+    if args.controls is not None:
+        data["controls"] = [ControlSpec.parse(text) for text in args.controls]
+    data["controls"] = control_flags(args, data.get("controls") or [])
     return RenderSettings.from_dict(data, "render settings"), out
+
+
+def control_flags(args, controls: list) -> list:
+    """--control-model KIND=MODEL, --control-start and --control-end applied to the controls (from flags or --from)."""
+    import dataclasses
+
+    from cdvideo.config import ControlSpec, convert_value
+    from cdvideo.errors import ConfigError
+
+    models = {}
+    for text in args.control_models or []:
+        kind, sep, model = text.partition("=")
+        if not sep or not kind or not model:
+            raise ConfigError(f"--control-model {text!r}: write KIND=MODEL, e.g. canny=lllyasviel/sd-controlnet-canny")
+        models[kind] = model
+    controls = [convert_value(ControlSpec, c, "render settings: field 'controls'") for c in controls]
+    unused = sorted(set(models) - {c.kind for c in controls})
+    if unused:
+        raise ConfigError(f"--control-model names kind {unused[0]!r}, but no --control of that kind is given")
+    changed = []
+    for control in controls:
+        control = dataclasses.replace(control, model=models.get(control.kind, control.model))
+        for name in ("start", "end"):
+            if getattr(args, f"control_{name}") is not None:
+                control = dataclasses.replace(control, **{name: getattr(args, f"control_{name}")})
+        changed.append(control)
+    return changed
 
 
 def run(args) -> int:
@@ -157,12 +220,16 @@ def run(args) -> int:
 
 
 def _warn_changed_concepts(sidecar_path: Path, settings) -> None:
-    """A concept file that changed since the recorded render cannot give the same frames."""
+    """A concept file, source video or control clip that changed since the recorded render cannot give the same frames."""
     import warnings
 
-    from cdvideo.sidecar import changed_concepts, read_sidecar
+    from cdvideo.sidecar import changed_clips, changed_concepts, read_sidecar
 
     asked = {spec.path for spec in settings.concepts}
     for path in changed_concepts(read_sidecar(sidecar_path)):
         if path in asked and Path(path).is_file():  # a missing file is named by the render itself
+            warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")
+    clips = {settings.video, *(c.path for c in settings.controls), *(spec.image for spec in settings.ip_adapters)}
+    for path in changed_clips(read_sidecar(sidecar_path)):
+        if path in clips and Path(path).exists():
             warnings.warn(f"{path} changed since {sidecar_path} was written: the frames will differ")

@@ -189,3 +189,93 @@ def load_training_components(preset: ModelPreset, *, device: str, dtype) -> dict
         tokenizer=parts["tokenizer"],
         noise_scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
     )
+
+
+def task_pipeline(pipeline, *, video: bool = False, controlnets: list | None = None, image_encoder=None):
+    """A diffusers pipeline for another task built around `pipeline`'s own modules (nothing loaded or
+    copied): `AnimateDiffVideoToVideoPipeline` for a source video, `AnimateDiffControlNetPipeline` with
+    ControlNets, `AnimateDiffVideoToVideoControlNetPipeline` with both; with an IP-Adapter's
+    `image_encoder`, a new pipeline of the right class that carries it (the loaded one never does); else
+    `pipeline` itself. Made per render, so it always has the scheduler the render switched to."""
+    if not video and not controlnets and image_encoder is None:
+        return pipeline
+    import diffusers
+
+    components = {name: module for name, module in pipeline.components.items()
+                  if name in ("vae", "text_encoder", "tokenizer", "unet", "motion_adapter", "scheduler")}
+    # diffusers' load_ip_adapter makes the feature extractor to the encoder's image size.
+    components.update(image_encoder=image_encoder, feature_extractor=None)
+    if not controlnets:
+        return (diffusers.AnimateDiffVideoToVideoPipeline if video else diffusers.AnimateDiffPipeline)(**components)
+    cls = diffusers.AnimateDiffVideoToVideoControlNetPipeline if video else diffusers.AnimateDiffControlNetPipeline
+    # One ControlNet as itself, several as a list (diffusers wraps them in a MultiControlNetModel).
+    return cls(**components, controlnet=controlnets[0] if len(controlnets) == 1 else list(controlnets))
+
+
+def load_controlnet(source: str, *, dtype, device: str):
+    """A ControlNetModel from a hub id, a diffusers directory or a single file (original or diffusers names)."""
+    from diffusers import ControlNetModel
+
+    kwargs = dict(torch_dtype=dtype, local_files_only=hub_offline())
+    try:
+        if is_weight_file(source):
+            model = ControlNetModel.from_single_file(source, **kwargs)
+        else:
+            model = ControlNetModel.from_pretrained(resolve_source(source), **kwargs)
+    except (OSError, ValueError, CdVideoError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = ("check the path" if Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+                else f"download it while online with `hf download {source}`, or give a local directory")
+        raise ModelNotAvailableError(f"ControlNet {source!r} could not be loaded ({first_line}): {hint}") from error
+    return model.to(device)
+
+
+def check_controlnet(controlnet, unet, name: str) -> None:
+    """A ControlNet made for another base (SD 2, SDXL) cannot steer this UNet: one line before any frame."""
+    ours = (unet.config.cross_attention_dim, tuple(unet.config.block_out_channels))
+    theirs = (controlnet.config.cross_attention_dim, tuple(controlnet.config.block_out_channels))
+    if ours != theirs:
+        raise ConfigError(f"ControlNet {name} was made for another base model (cross-attention {theirs[0]}, blocks "
+                          f"{list(theirs[1])}; this model's: {ours[0]}, {list(ours[1])}): use an SD 1.5 ControlNet")
+
+
+def load_ip_adapter_weights(source: str) -> dict:
+    """An IP-Adapter weights file (local, or `owner/repo/path/file.safetensors` on the hub) in the form diffusers'
+    `load_ip_adapter` takes: {"image_proj": {...}, "ip_adapter": {...}}."""
+    from cdvideo.formats.safe_load import read_weights
+    from cdvideo.hub import hub_weight_file
+
+    path = hub_weight_file(source) or source
+    if not Path(path).is_file():
+        raise ModelNotAvailableError(f"IP-Adapter {source!r} not found: give its .safetensors or .bin file")
+    weights, _ = read_weights(path)
+    if {"image_proj", "ip_adapter"} <= set(weights):  # the original .bin layout: already nested
+        return {"image_proj": dict(weights["image_proj"]), "ip_adapter": dict(weights["ip_adapter"])}
+    state = {"image_proj": {}, "ip_adapter": {}}
+    for key, tensor in weights.items():
+        part, _, name = key.partition(".")
+        if part not in state:
+            raise ConfigError(f"{source} is not an IP-Adapter: its tensor {key!r} is neither image_proj.* nor ip_adapter.*")
+        state[part][name] = tensor
+    if not state["image_proj"] or not state["ip_adapter"]:
+        raise ConfigError(f"{source} is not an IP-Adapter: it lacks image_proj.* or ip_adapter.* tensors")
+    return state
+
+
+def load_image_encoder(source: str, *, dtype, device: str):
+    """The CLIP image encoder of an IP-Adapter: a local directory, or `owner/repo/subfolder` on the hub."""
+    from transformers import CLIPVisionModelWithProjection
+
+    if Path(source).expanduser().is_dir():
+        location, subfolder = str(Path(source).expanduser()), ""
+    else:
+        parts = source.split("/")
+        location, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(location, subfolder=subfolder, dtype=dtype,
+                                                                local_files_only=hub_offline())
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotAvailableError(f"IP-Adapter image encoder {source!r} could not be loaded ({first_line}): "
+                                     "give its directory, or download it while online") from error
+    return encoder.to(device)

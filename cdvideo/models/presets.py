@@ -61,6 +61,8 @@ class ModelPreset:
     # LoRAs that belong to the model, merged before the user's: [{path: FILE or owner/repo/FILE, strength: 0.8}].
     loras: list[dict[str, Any]] = field(default_factory=list)
     guidance_scale: float = 7.5
+    # Video-to-video: how far a source is noised (--strength) when a render does not say; diffusers' default.
+    video_strength: float = 0.8
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8
