@@ -21,11 +21,11 @@ from cdvideo.memory import (CALIBRATED_VAE_FACTOR, CUDA_OVERHEAD_BYTES, PROCESS_
 # Per trained float32 value: its gradient and AdamW's two moments.
 TRAINED_STATE_BYTES = 3 * 4
 # Bytes per image row per pixel of the training image (at SD's VAE factor 8), float32: least-squares fits to
-# peak RSS at real size on the CPU, 1 / 2 / 4 rows at 128 px and 1 / 2 rows at 256 px (every point within
-# 1.5 %), and 2 rows at 128 / 256 px with checkpointing (within 2 %); docs/training.md. The VAE's encoding
-# (no gradient) stays below the UNet's term at every size measured.
-UNET_TRAIN_BYTES_PER_PIXEL = 4 * 2350.0
-UNET_CHECKPOINTED_BYTES_PER_PIXEL = 4 * 915.0
+# peak RSS at real size on the CPU, 1 / 2 / 4 rows at 128 px, 1 / 2 rows at 256 px, 1 row at 512 px, and
+# with checkpointing 2 rows at 128 / 256 px and 1 at 512 px (every point within 3 %; docs/training.md).
+# The VAE's encoding (no gradient) stays below the UNet's term at every size measured.
+UNET_TRAIN_BYTES_PER_PIXEL = 4 * 2085.0
+UNET_CHECKPOINTED_BYTES_PER_PIXEL = 4 * 1046.0
 TRAINED_SHARE = {"kv": 0.0223, "crossattn": 0.0512}  # of the UNet's values (SD 1.5: 19.2 M / 859.5 M for kv)
 
 
