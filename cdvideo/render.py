@@ -62,6 +62,10 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
         "seed": random.SystemRandom().randrange(0, 2**63),
     }
     resolved = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
+    # The model's concept schedule, for text-to-video with concepts only: a source video gives the motion itself.
+    if (preset.concept_schedule and settings.concepts and settings.concept_schedule is None
+            and not settings.concept_start and not settings.video):
+        resolved.concept_schedule = preset.concept_schedule
     # Absolute concept paths: the sidecar then repeats the render from any working directory.
     resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
     resolved.loras = [dataclasses.replace(lora, path=str(Path(lora.path).absolute())) for lora in settings.loras]

@@ -72,6 +72,9 @@ ROWS = {
     "token_composites_attention": dict(training="token_composites_attention"),
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
+    # `cdvideo render --concept X` with no other flag: the concept trained with `cdvideo train`'s defaults (token)
+    # and rendered with the model's defaults (the Shapes preset's concept_schedule).
+    "defaults": dict(training="token", render_defaults=True),
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
     "token_step_cache": dict(training="token", step_cache=3),  # issue 19's step caching with a concept
@@ -269,6 +272,14 @@ def base_prompt(prompt: str, tokens: list[str]) -> str:
     return prompt
 
 
+def row_schedule(row: dict) -> str | None:
+    """The row's concept schedule: its own; None for a row of the model's render defaults (the preset's schedule);
+    else full strength throughout ("0:1"), so that rows measure what they name whatever the preset says."""
+    if "concept_schedule" in row or row.get("concept_start"):
+        return row.get("concept_schedule")
+    return None if row.get("render_defaults") else "0:1"
+
+
 def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colours, on_row=None) -> list[dict]:
     """Every row x prompt x seed rendered with the one loaded renderer and judged; one line per row, and
     `on_row(results so far)` after each (the table is written as rows finish)."""
@@ -288,7 +299,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
                                              strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
                                              concept_start=row.get("concept_start", 0.0),
                                              concept_binding=row.get("concept_binding"),
-                                             concept_schedule=row.get("concept_schedule")):
+                                             concept_schedule=row_schedule(row)):
             judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
             results.append({"row": name, "rendered_prompt": settings.prompt, **judged.to_dict()})
         mine = [r for r in results if r["row"] == name]

@@ -16,6 +16,7 @@ from typing import Any
 from cdvideo.config import DEFAULT_MODEL, LoraSpec, from_dict, read_yaml
 from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.hub import hub_weight_file
+from cdvideo.schedule import parse_schedule
 
 MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
 
@@ -63,6 +64,10 @@ class ModelPreset:
     guidance_scale: float = 7.5
     # Video-to-video: how far a source is noised (--strength) when a render does not say; diffusers' default.
     video_strength: float = 0.8
+    # The concepts' strength over the denoising steps (cdvideo.schedule) for a text-to-video render that gives
+    # neither --concept-schedule nor --concept-start; empty: full strength. A concept weakened for the first
+    # steps leaves the layout and the motion to the prompt (CustomCrafter's observation); Shapes measures it.
+    concept_schedule: str = ""
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8
@@ -117,6 +122,8 @@ def _preset_from_yaml(path: Path, name: str) -> ModelPreset:
 def _known_scheduler(preset: ModelPreset, source: Path) -> ModelPreset:
     if preset.scheduler not in SCHEDULERS:
         raise ConfigError(f"{source}: unknown scheduler {preset.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    if preset.concept_schedule:
+        parse_schedule(preset.concept_schedule, f"{source}: concept_schedule")
     return preset
 
 
