@@ -132,7 +132,9 @@ def main(argv=None) -> int:
             for seed in range(args.seeds):
                 settings = RenderSettings(prompt=prompt, seed=seed, model=preset.name, negative_prompt="",
                                           concepts=[ConceptSpec(str(args.concept))], device=renderer.device,
-                                          **({"video": str(path), "video_strength": strength} if strength else {}))
+                                          # text: full strength throughout, not the preset's concept schedule
+                                          **({"video": str(path), "video_strength": strength} if strength
+                                             else {"concept_schedule": "0:1"}))
                 request = prepare_render(settings, args.work / "renders" / f"{path.name}-{seed}.mp4", preset)
                 frames_out = renderer.render(request.settings, request.concepts, progress=False)
                 results.append({"row": row, "source": path.name, "seed": seed, **judged(frames_out, prompt, seed)})
