@@ -243,6 +243,18 @@ def _check_yaml_events(text: str, source: str) -> None:
                               "repeat whole structures); write the settings out instead")
 
 
+def split_number(text: str) -> tuple[str, float | None]:
+    """`PATH` or `PATH:NUMBER` -> (path, number or None). A colon that is part of the path (a Windows drive,
+    a URL) stays in it: only a trailing part that reads as a number is split off."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, None
+
+
 @dataclass
 class ConceptSpec:
     """One concept file applied to a render, with the strength of its key/value changes."""
@@ -254,13 +266,8 @@ class ConceptSpec:
     @classmethod
     def parse(cls, text: str) -> "ConceptSpec":
         """Parse `path` or `path:strength` (the CLI's `--concept dog.safetensors:0.8`)."""
-        path, sep, strength = text.rpartition(":")
-        if sep and path and not strength.startswith(("/", "\\")):
-            try:
-                return cls(path=path, strength=float(strength))
-            except ValueError:
-                pass  # a colon that is part of the path (a Windows drive, say)
-        return cls(path=text)
+        path, strength = split_number(text)
+        return cls(path=path) if strength is None else cls(path=path, strength=strength)
 
 
 @dataclass
@@ -294,13 +301,8 @@ class ControlSpec:
         kind, sep, rest = text.partition(":")
         if not sep or not kind or not rest:
             raise ConfigError(f"--control {text!r}: write KIND:PATH[:SCALE], e.g. canny:walk.mp4 or depth:depth_frames/:0.7")
-        path, sep, scale = rest.rpartition(":")
-        if sep and path and not scale.startswith(("/", "\\")):
-            try:
-                return cls(kind=kind, path=path, scale=float(scale))
-            except ValueError:
-                pass  # a colon inside the path
-        return cls(kind=kind, path=rest)
+        path, scale = split_number(rest)
+        return cls(kind=kind, path=path) if scale is None else cls(kind=kind, path=path, scale=scale)
 
 
 @dataclass
@@ -313,13 +315,8 @@ class IPAdapterSpec:
     @classmethod
     def parse(cls, text: str) -> "IPAdapterSpec":
         """`IMAGE` or `IMAGE:SCALE`."""
-        image, sep, scale = text.rpartition(":")
-        if sep and image and not scale.startswith(("/", "\\")):
-            try:
-                return cls(image=image, scale=float(scale))
-            except ValueError:
-                pass  # a colon that is part of the path
-        return cls(image=text)
+        image, scale = split_number(text)
+        return cls(image=image) if scale is None else cls(image=image, scale=scale)
 
 
 @dataclass
