@@ -68,6 +68,7 @@ ROWS = {
     "token_attention": dict(training="token_attention"),
     "token_break": dict(training="token_break"),
     "token_break_strong": dict(training="token_break_strong"),
+    "token_attention_schedule": dict(training="token_attention", concept_schedule="0:0.5, 0.3:1"),
     "token_composites": dict(training="token_composites"),
     "token_composites_attention": dict(training="token_composites_attention"),
     "token_fixed": dict(training="token_fixed"),
