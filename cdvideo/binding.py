@@ -206,7 +206,6 @@ class BoundAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-
     def attend(self, query, key, value, attention_mask, states):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 

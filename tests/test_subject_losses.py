@@ -257,3 +257,19 @@ def test_composites_are_rendered_once_and_trained_with_their_captions(tmp_path, 
     train(dataclasses.replace(config, out=str(tmp_path / "again.safetensors"),
                               output_dir=str(result.output_dir)), progress=False)
     assert [p.stat().st_mtime_ns for p in sorted((result.output_dir / "composites").glob("*.png"))] == stamps
+
+
+def test_the_attention_loss_with_gradient_checkpointing_trains_the_same_concept(tmp_path):
+    """A checkpointed backward runs the UNet again, and its processors record maps again: those must not
+    leak into the next step's loss."""
+    from cdvideo.concept import load_concept
+
+    images = make_masked_images(tmp_path / "dog")
+    plain = train(tiny_config(images, tmp_path / "a.safetensors", attention_loss_weight=0.5, steps=3), progress=False)
+    checkpointed = train(tiny_config(images, tmp_path / "b.safetensors", attention_loss_weight=0.5, steps=3,
+                                     gradient_checkpointing=True), progress=False)
+    logs = [np.genfromtxt(r.output_dir / "loss.csv", delimiter=",", names=True)["attention"] for r in (plain, checkpointed)]
+    np.testing.assert_allclose(logs[1], logs[0], rtol=1e-5)
+    a, b = load_concept(plain.concept), load_concept(checkpointed.concept)
+    for key in a.deltas:
+        torch.testing.assert_close(b.deltas[key], a.deltas[key], rtol=1e-4, atol=1e-6)

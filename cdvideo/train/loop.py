@@ -361,6 +361,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 ids = _tokenize(tokenizer, prompts, device)
                 ids = torch.cat([ids, token_phrase_ids]) if with_spl else ids  # (b + k, 77)
                 hidden = text_encoder(ids)[0]  # (b + k, 77, d)
+                if config.attention_loss_weight > 0:  # forget maps a checkpointed backward recorded again
+                    take_attention_maps(accelerator.unwrap_model(unet))
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
