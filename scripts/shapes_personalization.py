@@ -388,6 +388,7 @@ def main(argv=None) -> int:
             for variant in ("classdiffusion", "token"):
                 needed += [(variant, "circle"), (variant, "square")]
                 rows[f"two_{variant}"] = {"keys": [f"circle-{variant}", f"square-{variant}"]}
+            rows["two_token_schedule"] = {"keys": ["circle-token", "square-token"], "concept_schedule": "0:0.5, 0.3:1"}
             continue
         row = dict(ROWS[name])
         if row["training"]:
