@@ -206,6 +206,9 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
     """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
     from cdvideo.shapes.world import SIZE
 
+    if any("{composites}" in f for f in flags):  # the scenes file, written once beside the images
+        composites = write_composites(images.with_name(images.name + "-composites.txt"), concept)
+        flags = [f.format(composites=composites) for f in flags]
     return [
         sys.executable, "-m", "cdvideo", "train",
         "--images", str(images), "--class-word", concept["class_word"], "--token", concept["token"],
@@ -217,8 +220,7 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         "--instance-prompt", "a {token} {class_word} on a black background", "--spl-prompt", "a {token} {class_word}",
         "--initializer-token", concept["class_word"],
         "--seed", str(args.train_seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
-        "--device", args.device,
-        *(f.format(composites=write_composites(images.with_name(images.name + "-composites.txt"), concept)) for f in flags),
+        "--device", args.device, *flags,
     ]
 
 
