@@ -22,6 +22,10 @@ Bindings (`cdvideo.schedule.BINDINGS`):
                  class would be
     locked+class as locked, and the value change also at the class word (which is attended where
                  the object is, so the identity lands there too)
+    region       keys and values at the token's positions, and the result only on the pixels where the
+                 base model attends the class word (`region_weights`: 1 at each frame's peak, falling
+                 with the attention elsewhere): a second object or the background drawn elsewhere keeps
+                 the base model's output, and two concepts each stay on their own object
 
 Which positions hold which token is read from the text encoder's own calls: a forward hook records
 each call's token ids beside its output, and a processor finds each row of the encoder states it is
@@ -144,28 +148,33 @@ class BoundAttnProcessor:
     def deltas(self, attn, change: BoundChange) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return change.delta_k, change.delta_v
 
-    def project(self, attn, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, attn, states: torch.Tensor, changes=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values with `changes` (default: all of this module's) added at their positions."""
         key, value = self.base_projections(attn, states)  # (b, n, inner)
         masks = self.positions.masks_for_states(states)  # (c, 2, b, n)
-        for change in self.changes:
-            strength = change.owner.strength * change.owner.factor
-            if strength == 0.0:
-                continue
-            token, class_word = masks[change.index, 0], masks[change.index, 1]
-            if not token.any():
-                continue
-            at = (token | class_word) if change.binding in ("token+class", "locked+class") else token
-            at = at.unsqueeze(-1).to(key.dtype)  # (b, n, 1)
-            delta_k, delta_v = self.deltas(attn, change)
-            if change.binding.startswith("locked"):
-                # Key-locking: at the token, the key of the class word that follows it (base weights).
-                follows = token & torch.roll(class_word, shifts=-1, dims=1)
-                follows = follows.unsqueeze(-1).to(key.dtype)
-                key = key * (1 - follows) + follows * torch.roll(key, shifts=-1, dims=1)
-            elif delta_k is not None and change.binding != "values":  # (locked: no key change)
-                key = key + strength * at * F.linear(states, delta_k.to(states.dtype))
-            if delta_v is not None:
-                value = value + strength * at * F.linear(states, delta_v.to(states.dtype))
+        for change in self.changes if changes is None else changes:
+            key, value = self.add_change(attn, states, masks, change, key, value)
+        return key, value
+
+    def add_change(self, attn, states, masks, change: BoundChange, key, value) -> tuple[torch.Tensor, torch.Tensor]:
+        strength = change.owner.strength * change.owner.factor
+        if strength == 0.0:
+            return key, value
+        token, class_word = masks[change.index, 0], masks[change.index, 1]
+        if not token.any():
+            return key, value
+        at = (token | class_word) if change.binding in ("token+class", "locked+class") else token
+        at = at.unsqueeze(-1).to(key.dtype)  # (b, n, 1)
+        delta_k, delta_v = self.deltas(attn, change)
+        if change.binding.startswith("locked"):
+            # Key-locking: at the token, the key of the class word that follows it (base weights).
+            follows = token & torch.roll(class_word, shifts=-1, dims=1)
+            follows = follows.unsqueeze(-1).to(key.dtype)
+            key = key * (1 - follows) + follows * torch.roll(key, shifts=-1, dims=1)
+        elif delta_k is not None and change.binding != "values":  # (locked: no key change)
+            key = key + strength * at * F.linear(states, delta_k.to(states.dtype))
+        if delta_v is not None:
+            value = value + strength * at * F.linear(states, delta_v.to(states.dtype))
         return key, value
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
@@ -188,16 +197,24 @@ class BoundAttnProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key, value = self.project(attn, encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
+        states = encoder_hidden_states
+        head_dim = attn.to_q.out_features // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (b, heads, n, hd)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = self.attend(query, key, value, attention_mask, encoder_hidden_states)
+
+        def heads(key, value):
+            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            return (key if attn.norm_k is None else attn.norm_k(key)), value
+
+        masks = self.positions.masks_for_states(states)
+        regional = [c for c in self.changes if c.binding == "region" and c.owner.strength * c.owner.factor != 0.0
+                    and masks[c.index, 0].any()]
+        if not regional:
+            hidden_states = self.attend(query, *heads(*self.project(attn, states)), attention_mask, states)
+        else:
+            hidden_states = self.attend_regions(attn, query, heads, states, attention_mask, regional)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -208,6 +225,31 @@ class BoundAttnProcessor:
 
     def attend(self, query, key, value, attention_mask, states):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+
+    def attend_regions(self, attn, query, heads, states, attention_mask, regional):
+        """Region binding: each concept's change acts only on the pixels where the base model attends its
+        class word (its token where no class word follows), so a second object or the background drawn
+        elsewhere keeps the base model's output. out = base + sum_c R_c * (out_c - base)."""
+        others = [c for c in self.changes if c.binding != "region"]
+        key, value = self.project(attn, states, others)
+        masks = self.positions.masks_for_states(states)
+        k, v = heads(key, value)
+        # The output is the plain attention's (SDPA), so rows without the token stay bit for bit the base
+        # model's; the probabilities are computed beside it, for the regions only.
+        base = self.attend(query, k, v, attention_mask, states)
+        logits = query @ k.transpose(-1, -2) * query.shape[-1] ** -0.5
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        probs = logits.softmax(dim=-1)  # (b, heads, q, n)
+        out = base
+        for change in regional:
+            changed = self.add_change(attn, states, masks, change, key, value)
+            token, class_word = masks[change.index, 0], masks[change.index, 1]  # (b, n)
+            where = torch.where(class_word.any(-1, keepdim=True), class_word, token).to(probs.dtype)
+            attended = torch.einsum("bhqn,bn->bq", probs, where) / probs.shape[1]  # (b, q)
+            region = region_weights(attended)
+            out = out + region[:, None, :, None] * (self.attend(query, *heads(*changed), attention_mask, states) - base)
+        return out
 
 
 class TrainingBoundAttnProcessor(BoundAttnProcessor):
@@ -241,6 +283,19 @@ class TrainingBoundAttnProcessor(BoundAttnProcessor):
 
     def deltas(self, attn, change):
         return attn.to_k.weight - self.base_k, attn.to_v.weight - self.base_v
+
+
+# region_weights' shape: weight = (FLOOR + (1 - FLOOR) * attention / peak) ** SHARPNESS.
+REGION_SHARPNESS = 1.0
+REGION_FLOOR = 0.0
+
+
+def region_weights(attended: torch.Tensor) -> torch.Tensor:
+    """(b, q) attention to a word -> (b, q) weights in [0, 1]: 1 where the word is attended most in each
+    frame, falling with its attention elsewhere."""
+    peak = attended.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(attended.dtype).tiny)
+    share = (attended / peak).clamp(0, 1)
+    return (REGION_FLOOR + (1 - REGION_FLOOR) * share) ** REGION_SHARPNESS
 
 
 def take_attention_maps(unet: torch.nn.Module) -> list[torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cdvideo.errors import ConfigError
 
-BINDINGS = ("merged", "token", "token+class", "values", "locked", "locked+class")
+BINDINGS = ("merged", "token", "token+class", "values", "locked", "locked+class", "region")
 # What a concept trained before bindings existed (or by another tool) was trained as.
 TRAINED_MERGED = "merged"
 

@@ -50,6 +50,7 @@ TRAININGS = {
     "token_composites_attention": ["--binding", "token", "--composites", "{composites}", "--attention-loss-weight", "0.1"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
+    "region": ["--binding", "region"],  # trained with the change only where the base model draws the class word
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -79,6 +80,11 @@ ROWS = {
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
     "token_step_cache": dict(training="token", step_cache=3),  # issue 19's step caching with a concept
+    # Trained token-bound, rendered with the change restricted to where the base model draws the class word.
+    "token_region": dict(training="token", concept_binding="region"),
+    "token_region_schedule": dict(training="token", concept_binding="region", concept_schedule="0:0.5, 0.3:1"),
+    "region": dict(training="region"),
+    "region_schedule": dict(training="region", concept_schedule="0:0.5, 0.3:1"),
 }
 DEFAULT_ROWS = ["base", "custom_diffusion", "classdiffusion", "classdiffusion_start", "token", "token+class",
                 "values", "locked", "token_start", "token_schedule"]
@@ -93,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes", help="preset name, preset YAML or diffusers model directory")
     parser.add_argument("--concept", default="circle", choices=sorted(CONCEPTS), help="which two-tone concept")
-    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS) + ["two_concepts"],
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS) + ["two_concepts", "two_region"],
                         help="rows to measure (two_concepts: both concepts in one prompt, trained with the defaults)")
     parser.add_argument("--work", type=Path, default=Path("runs/shapes-personalization"),
                         help="training images, training folders and concepts go here")
@@ -365,7 +371,7 @@ def main(argv=None) -> int:
     renderer = Renderer(preset, device=args.device)
     fingerprint = fingerprint_unet(renderer.pipeline.unet)
     concept = CONCEPTS[args.concept]
-    two = "two_concepts" in args.rows
+    two = "two_concepts" in args.rows or "two_region" in args.rows
     if two:  # "a <new1> circle and a <new2> square ...": both concepts, trained with the defaults
         first, second = CONCEPTS["circle"], CONCEPTS["square"]
         colours = {c["token"]: (c["upper"], c["lower"]) for c in (first, second)}
@@ -385,12 +391,18 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     needed = []
     for name in args.rows:
+        if name == "two_region":  # both concepts trained token-bound, rendered token-bound and region-bound
+            needed += [("token", "circle"), ("token", "square")]
+            rows["two_token"] = {"keys": ["circle-token", "square-token"]}
+            rows["two_token_region"] = {"keys": ["circle-token", "square-token"], "concept_binding": "region"}
+            continue
         if name == "two_concepts":
             rows["base"] = {}
             for variant in ("classdiffusion", "token"):
                 needed += [(variant, "circle"), (variant, "square")]
                 rows[f"two_{variant}"] = {"keys": [f"circle-{variant}", f"square-{variant}"]}
             rows["two_token_schedule"] = {"keys": ["circle-token", "square-token"], "concept_schedule": "0:0.5, 0.3:1"}
+            rows["two_token_region"] = {"keys": ["circle-token", "square-token"], "concept_binding": "region"}
             continue
         row = dict(ROWS[name])
         if row["training"]:

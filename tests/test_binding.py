@@ -15,7 +15,7 @@ from cdvideo.schedule import parse_schedule, step_factors
 from conftest import make_concept
 from test_inject import assert_same_state, settings, snapshot
 
-BOUND = ("token", "token+class", "values", "locked", "locked+class")
+BOUND = ("token", "token+class", "values", "locked", "locked+class", "region")
 
 
 def processors(pipeline):
@@ -90,6 +90,35 @@ def test_two_concepts_each_act_only_at_their_own_token(tiny_pipeline):
     assert not np.array_equal(both, first_only)
     # Without <new2> in the prompt, concept b changes nothing at all.
     assert np.array_equal(no_second_token, alone)
+
+
+def test_region_binding_acts_where_the_class_word_is_attended(tiny_pipeline):
+    """Each pixel's output lies between the base model's and the token-bound one's, in proportion to how much
+    the base model attends the class word there (1 at the frame's peak); so a thing drawn elsewhere keeps the
+    base model's output."""
+    concept = make_concept(tiny_pipeline)
+    name, attn = next(iter(spatial_attn2_modules(tiny_pipeline.unet).items()))
+    with concepts_applied(tiny_pipeline, [(concept, 1.0, "c")], binding="token"):  # (adds <new1> to the tokenizer)
+        ids = tiny_pipeline.tokenizer(["a <new1> dog running"], padding="max_length", max_length=77,
+                                      return_tensors="pt").input_ids
+        states = tiny_pipeline.text_encoder(ids)[0]
+        hidden = torch.randn(1, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+        bound = attn(hidden, encoder_hidden_states=states)
+        processor = attn.processor
+        positions, change = processor.positions, processor.changes[0]
+        base = BoundAttnProcessor(positions, [])(attn, hidden, encoder_hidden_states=states)
+        change.binding = "region"
+        region = attn(hidden, encoder_hidden_states=states)
+        # The base model's attention to the class word ("dog", right after the token), per pixel.
+        query = attn.to_q(hidden).view(1, 64, attn.heads, -1).transpose(1, 2)
+        key = attn.to_k(states).view(1, 77, attn.heads, -1).transpose(1, 2)
+        probs = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(-1).mean(1)  # (1, q, n)
+        dog = positions.masks_for_states(states)[change.index, 1, 0]
+        attended = probs[0][:, dog].sum(-1)
+    # The output projection is linear, so each pixel's output is base + weight * (bound - base).
+    weight = ((region - base) * (bound - base)).sum(-1) / ((bound - base) ** 2).sum(-1)
+    assert torch.allclose(weight[0], attended / attended.max(), atol=1e-4)
+    assert torch.allclose(region, base + weight[..., None] * (bound - base), atol=1e-5)
 
 
 def test_positions_find_token_and_following_class_word(tiny_pipeline):

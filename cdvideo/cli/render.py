@@ -27,7 +27,8 @@ SETTING_FLAGS = {
                              "embeddings stay): the base model settles layout and motion first; 0.24 keeps motion "
                              "words working with a concept (docs/shapes-world.md). Default 0: from the start"),
     "concept_binding": (str, "where the concepts' key/value changes act: token (only at the concept's token), "
-                             "token+class, values, locked, locked+class, or merged (every word: the paper's way); default: as each "
+                             "token+class, values, locked, locked+class, region (the token's change only on the pixels where the base "
+                             "model draws its class word), or merged (every word: the paper's way); default: as each "
                              "concept was trained (its file says; files from other tools: merged)"),
     "concept_schedule": (str, "strength of the concepts' key/value changes over the steps, SHARE:STRENGTH pairs held "
                               "until the next, e.g. \"0:0, 0.2:0.4, 0.3:1\" (replaces --concept-start)"),

@@ -30,7 +30,8 @@ _HELP = {
     "resolution": "square training size in pixels (default: the preset's, 512 for SD 1.5)",
     "train": "kv: cross-attention to_k/to_v (ClassDiffusion); crossattn: also to_q/to_out",
     "binding": "where the key/value change acts: token (default: only at the new token, so the rest of a prompt "
-               "keeps working), token+class, values, locked, locked+class, or merged (every word: the paper's way)",
+               "keeps working), token+class, values, locked, locked+class, region (the token's change only on the "
+               "pixels where the base model draws the class word), or merged (every word: the paper's way)",
     "train_token": "train the new token's embedding (default); --no-train-token keeps the initializer word's",
     "loss_on_subject": "with subject masks (NAME.mask.png beside each image, white = subject): the diffusion loss "
                        "counts only the subject, so the concept does not learn the photos' backgrounds",
