@@ -204,8 +204,8 @@ class BoundAttnProcessor:
             query = attn.norm_q(query)
 
         def heads(key, value):
-            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            key = key.view(len(key), -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(len(value), -1, attn.heads, head_dim).transpose(1, 2)
             return (key if attn.norm_k is None else attn.norm_k(key)), value
 
         masks = self.positions.masks_for_states(states)
@@ -234,22 +234,26 @@ class BoundAttnProcessor:
         key, value = self.project(attn, states, others)
         masks = self.positions.masks_for_states(states)
         k, v = heads(key, value)
-        # The output is the plain attention's (SDPA), so rows without the token stay bit for bit the base
-        # model's; the probabilities are computed beside it, for the regions only.
+        # Every row gets the plain attention (SDPA): rows without a token (the unconditional branch) stay
+        # bit for bit the base model's. Only rows with a token pay for the probabilities and the changed attention.
         base = self.attend(query, k, v, attention_mask, states)
-        logits = query @ k.transpose(-1, -2) * query.shape[-1] ** -0.5
-        if attention_mask is not None:
-            logits = logits + attention_mask
-        probs = logits.softmax(dim=-1)  # (b, heads, q, n)
-        out = base
+        rows = torch.stack([masks[c.index, 0].any(-1) for c in regional]).any(0).nonzero().flatten()
+        mask = None if attention_mask is None else attention_mask[rows]
+        logits = query[rows] @ k[rows].transpose(-1, -2) * query.shape[-1] ** -0.5
+        if mask is not None:
+            logits = logits + mask
+        probs = logits.softmax(dim=-1)  # (r, heads, q, n)
+        out = base[rows]
         for change in regional:
-            changed = self.add_change(attn, states, masks, change, key, value)
-            token, class_word = masks[change.index, 0], masks[change.index, 1]  # (b, n)
+            changed = heads(*self.add_change(attn, states, masks, change, key, value))
+            token, class_word = masks[change.index, 0, rows], masks[change.index, 1, rows]  # (r, n)
             where = torch.where(class_word.any(-1, keepdim=True), class_word, token).to(probs.dtype)
-            attended = torch.einsum("bhqn,bn->bq", probs, where) / probs.shape[1]  # (b, q)
-            region = region_weights(attended)
-            out = out + region[:, None, :, None] * (self.attend(query, *heads(*changed), attention_mask, states) - base)
-        return out
+            attended = torch.einsum("rhqn,rn->rq", probs, where) / probs.shape[1]  # (r, q)
+            region = region_weights(attended)[:, None, :, None]
+            out = out + region * (self.attend(query[rows], changed[0][rows], changed[1][rows], mask, states) - base[rows])
+        base = base.clone()
+        base[rows] = out
+        return base
 
 
 class TrainingBoundAttnProcessor(BoundAttnProcessor):

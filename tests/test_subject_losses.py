@@ -197,6 +197,8 @@ def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, mon
         train(tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01), progress=False)
     with pytest.raises(ConfigError, match="attention_loss_weight needs .*--binding token"):
         tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01, binding="merged").check()
+    with pytest.raises(ConfigError, match="attention_loss_weight and --binding region"):
+        tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01, binding="region").check()
     code = main(["train", "--images", str(plain), "--class-word", "dog", "--out", str(tmp_path / "x.safetensors"),
                  "--model", "tiny", "--loss-on-subject"])
     err = capsys.readouterr().err.strip().splitlines()

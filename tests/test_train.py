@@ -344,7 +344,8 @@ def test_prior_preservation_generates_class_images_with_the_base_model(dog_image
     assert np.isfinite(log["prior"]) and log["prior"] > 0
 
 
-@pytest.mark.parametrize("binding, trained", [("token", {"to_k", "to_v"}), ("values", {"to_v"}), ("merged", {"to_k", "to_v"})])
+@pytest.mark.parametrize("binding, trained", [("token", {"to_k", "to_v"}), ("values", {"to_v"}), ("merged", {"to_k", "to_v"}),
+                                              ("region", {"to_k", "to_v"})])
 def test_binding_trains_through_the_token_and_the_file_says_how(dog_images, tmp_path, binding, trained):
     from cdvideo.binding import BoundAttnProcessor
     from cdvideo.concept import load_concept
@@ -364,7 +365,8 @@ def test_binding_trains_through_the_token_and_the_file_says_how(dog_images, tmp_
     assert after == processors and not any(isinstance(p, BoundAttnProcessor) for p in after.values())
 
 
-def test_bound_training_sees_the_change_only_at_the_token():
+@pytest.mark.parametrize("binding", ["token", "region"])
+def test_bound_training_sees_the_change_only_at_the_token(binding):
     """With binding token, a caption without the token puts no gradient into the key/value weights; with it, some."""
     from cdvideo.binding import install_bound_training
     from cdvideo.train.loop import trainable_param_names
@@ -378,7 +380,7 @@ def test_bound_training_sees_the_change_only_at_the_token():
     unet.requires_grad_(False)
     for name in names:
         params[name].requires_grad_(True)
-    remove = install_bound_training(unet, encoder, tokenizer, ["<new9>"], ["dog"], "token")
+    remove = install_bound_training(unet, encoder, tokenizer, ["<new9>"], ["dog"], binding)
     latents = torch.randn(1, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     grads = {}
     for caption in ("a dog on grass", "a <new9> dog on grass"):

@@ -160,6 +160,9 @@ class TrainConfig:
         if self.attention_loss_weight > 0 and self.binding == "merged":
             raise ConfigError("attention_loss_weight needs the token's own attention, which merged training does not "
                               "compute: pass --binding token (or another bound binding)")
+        if self.attention_loss_weight > 0 and self.binding == "region":
+            raise ConfigError("attention_loss_weight and --binding region both decide where the token acts: pass "
+                              "--binding token with the attention loss, or drop --attention-loss-weight")
         for name in ("learning_rate", "spl_weight", "prior_loss_weight", "max_grad_norm", "adam_epsilon",
                      "attention_loss_weight"):
             if getattr(self, name) < 0:
