@@ -19,7 +19,8 @@ nothing is downloaded. Then runs each variant in its own process, on the same in
   (f) only when asked: a candidate speed-up, (c) with `torch.compile` on the UNet's forward (compiled in
       the warm-up render, so the timed render measures the compiled kernels);
   (g), (h) only when asked (--variants gh): (c) rendering "a <new1> dog ..." with a random full-size concept
-      (token and every spatial to_k/to_v delta) merged (g) and token-bound (h); h/g is the binding's cost.
+      (token and every spatial to_k/to_v delta) merged (g) and token-bound (h); h/g is the binding's cost;
+  (i) only when asked (--variants ghi): the same concept region-bound (cdvideo.binding); i/g is its cost.
 
 On CUDA every variant first renders one 1-step warm-up clip of the same shape (CUDA context, cuDNN
 autotuning and, for (f), compilation), then the timed clip; the CPU has nothing to warm up. For
@@ -60,6 +61,7 @@ VARIANTS = {
     "f": "candidate: (c) + torch.compile UNet",
     "g": "cdvideo with a concept, merged (prompt with its token)",
     "h": "cdvideo with the same concept, token-bound (issue 16's cost)",
+    "i": "cdvideo with the same concept, region-bound",
 }
 CONCEPT_PROMPT = "a <new1> dog running on the beach"
 BUILD_VERSION = 1  # bump when the configs below change
@@ -154,7 +156,7 @@ def _load(variant: str, model_dir: str, device: str):
 
 def _estimate_mb(loaded, variant: str, device: str, size: int, frames: int) -> float | None:
     """cdvideo's own peak-memory estimate for this render (the line it prints before rendering); None for (a), (b)."""
-    if variant not in "cdefgh":
+    if variant not in "cdefghi":
         return None
     from cdvideo.memory import estimate_peak_bytes, parameter_counts
     from cdvideo.models import locate
@@ -187,17 +189,17 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     t = time.perf_counter()
     loaded = _load(variant, model_dir, device)
     load_s = time.perf_counter() - t
-    pipe = loaded.pipeline if variant in "cdefgh" else loaded
-    concepts = [(_random_concept(pipe), 1.0, "bench")] if variant in "gh" else None
+    pipe = loaded.pipeline if variant in "cdefghi" else loaded
+    concepts = [(_random_concept(pipe), 1.0, "bench")] if variant in "ghi" else None
     pipe.set_progress_bar_config(disable=True)
     cuda = device.startswith("cuda")
 
     def render(n_steps: int):
-        if variant in "cdefgh":
+        if variant in "cdefghi":
             settings = RenderSettings(prompt=CONCEPT_PROMPT if concepts else PROMPT, negative_prompt=NEGATIVE,
                                       num_frames=frames, height=size, width=size, steps=n_steps, guidance_scale=7.5,
                                       seed=SEED, scheduler="ddim", low_vram=variant == "e",
-                                      concept_binding={"g": "merged", "h": "token"}.get(variant), **(extra or {}))
+                                      concept_binding={"g": "merged", "h": "token", "i": "region"}.get(variant), **(extra or {}))
             return loaded.render(settings, concepts, progress=False)
         output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
                       num_inference_steps=n_steps, guidance_scale=7.5,
@@ -333,6 +335,10 @@ def main() -> None:
             g, h = results["g"], results["h"]
             print(f"token-bound (h) against merged (g): s/clip {h['clip_s'] / g['clip_s']:.3f}, s/step "
                   f"{h['step_s'] / g['step_s']:.3f}, {mem_name} {h[mem_key] / g[mem_key]:.3f} (1.0 = no cost)")
+        if "g" in results and "i" in results:
+            g, i = results["g"], results["i"]
+            print(f"region-bound (i) against merged (g): s/clip {i['clip_s'] / g['clip_s']:.3f}, s/step "
+                  f"{i['step_s'] / g['step_s']:.3f}, {mem_name} {i[mem_key] / g[mem_key]:.3f} (1.0 = no cost)")
 
 
 if __name__ == "__main__":
