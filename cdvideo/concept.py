@@ -185,6 +185,25 @@ def _json_field(metadata: dict[str, str], key: str, default: Any, source: str) -
         raise ConceptFileError(f"{source}: metadata field {key!r} is not valid JSON") from None
 
 
+def recorded_binding(path: str | os.PathLike) -> str | None:
+    """The binding a cdvideo concept file says it was trained with, from its header alone (no tensors read);
+    None for files from other tools, files from before bindings, and unreadable files (load_concept reports those)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    if metadata.get("format") != FORMAT:
+        return None
+    try:
+        training = json.loads(metadata.get("training", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return training.get("binding") if isinstance(training, dict) else None
+
+
 def load_concept(path: str | os.PathLike) -> Concept:
     """Read and validate a concept file; every problem is a one-line ConceptFileError."""
     from safetensors import SafetensorError, safe_open

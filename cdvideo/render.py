@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cdvideo.concept import Concept, load_concept
+from cdvideo.concept import Concept, load_concept, recorded_binding
 from cdvideo.control import check_controls, control_frames, resolve_controls
 from cdvideo.config import DEVICES, DTYPES, ConceptSpec, LoraSpec, RenderSettings, check_seed
 from cdvideo.errors import ConfigError, InputFileError
@@ -66,6 +66,11 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
     if (preset.concept_schedule and settings.concepts and settings.concept_schedule is None
             and not settings.concept_start and not settings.video):
         resolved.concept_schedule = preset.concept_schedule
+    # The model's binding for concepts trained token-bound (cdvideo train's default), text-to-video only too;
+    # files trained another way (merged: other tools' files) keep their own.
+    if (preset.concept_binding and settings.concepts and settings.concept_binding is None and not settings.video
+            and all(recorded_binding(c.path) == "token" for c in settings.concepts)):
+        resolved.concept_binding = preset.concept_binding
     # Absolute concept paths: the sidecar then repeats the render from any working directory.
     resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
     resolved.loras = [dataclasses.replace(lora, path=str(Path(lora.path).absolute())) for lora in settings.loras]

@@ -289,6 +289,16 @@ def row_schedule(row: dict) -> str | None:
     return None if row.get("render_defaults") else "0:1"
 
 
+def row_binding(row: dict) -> str | None:
+    """The row's concept binding: its own; None for a row of the model's render defaults (the preset's binding for
+    concepts trained token-bound) and for the two-concept rows that name none; else the binding the row's
+    concept was trained with, so that rows measure what they name whatever the preset says."""
+    if row.get("concept_binding") or row.get("render_defaults") or not row.get("training"):
+        return row.get("concept_binding")
+    flags = TRAININGS[row["training"]]
+    return flags[flags.index("--binding") + 1] if "--binding" in flags else "token"
+
+
 def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colours, on_row=None) -> list[dict]:
     """Every row x prompt x seed rendered with the one loaded renderer and judged; one line per row, and
     `on_row(results so far)` after each (the table is written as rows finish)."""
@@ -307,7 +317,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
         for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
                                              strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
                                              concept_start=row.get("concept_start", 0.0),
-                                             concept_binding=row.get("concept_binding"),
+                                             concept_binding=row_binding(row),
                                              concept_schedule=row_schedule(row)):
             judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
             results.append({"row": name, "rendered_prompt": settings.prompt, **judged.to_dict()})
@@ -393,15 +403,18 @@ def main(argv=None) -> int:
     for name in args.rows:
         if name == "two_region":  # both concepts trained token-bound, rendered token-bound and region-bound
             needed += [("token", "circle"), ("token", "square")]
-            rows["two_token"] = {"keys": ["circle-token", "square-token"]}
+            rows["two_token"] = {"keys": ["circle-token", "square-token"], "concept_binding": "token"}
             rows["two_token_region"] = {"keys": ["circle-token", "square-token"], "concept_binding": "region"}
+            rows["two_defaults"] = {"keys": ["circle-token", "square-token"], "render_defaults": True}
             continue
         if name == "two_concepts":
             rows["base"] = {}
             for variant in ("classdiffusion", "token"):
                 needed += [(variant, "circle"), (variant, "square")]
-                rows[f"two_{variant}"] = {"keys": [f"circle-{variant}", f"square-{variant}"]}
-            rows["two_token_schedule"] = {"keys": ["circle-token", "square-token"], "concept_schedule": "0:0.5, 0.3:1"}
+                rows[f"two_{variant}"] = {"keys": [f"circle-{variant}", f"square-{variant}"],
+                                          "concept_binding": "merged" if variant == "classdiffusion" else "token"}
+            rows["two_token_schedule"] = {"keys": ["circle-token", "square-token"], "concept_binding": "token",
+                                          "concept_schedule": "0:0.5, 0.3:1"}
             rows["two_token_region"] = {"keys": ["circle-token", "square-token"], "concept_binding": "region"}
             continue
         row = dict(ROWS[name])

@@ -16,7 +16,7 @@ from typing import Any
 from cdvideo.config import DEFAULT_MODEL, LoraSpec, from_dict, read_yaml
 from cdvideo.errors import ConfigError, ModelNotAvailableError
 from cdvideo.hub import hub_weight_file
-from cdvideo.schedule import parse_schedule
+from cdvideo.schedule import check_binding, parse_schedule
 
 MOTION_ADAPTER_SUBFOLDER = "motion_adapter"
 
@@ -68,6 +68,9 @@ class ModelPreset:
     # neither --concept-schedule nor --concept-start; empty: full strength. A concept weakened for the first
     # steps leaves the layout and the motion to the prompt (CustomCrafter's observation); Shapes measures it.
     concept_schedule: str = ""
+    # How concepts trained token-bound (`cdvideo train`'s default binding) render in a text-to-video render that
+    # names no --concept-binding (cdvideo.binding); empty: as trained. Shapes measures "region" (docs/personalization.md).
+    concept_binding: str = ""
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8
@@ -124,6 +127,8 @@ def _known_scheduler(preset: ModelPreset, source: Path) -> ModelPreset:
         raise ConfigError(f"{source}: unknown scheduler {preset.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     if preset.concept_schedule:
         parse_schedule(preset.concept_schedule, f"{source}: concept_schedule")
+    if preset.concept_binding:
+        check_binding(preset.concept_binding, f"{source}: concept_binding")
     return preset
 
 
