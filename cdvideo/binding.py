@@ -243,13 +243,18 @@ class BoundAttnProcessor:
         if mask is not None:
             logits = logits + mask
         probs = logits.softmax(dim=-1)  # (r, heads, q, n)
-        out = base[rows]
+        attended = []
         for change in regional:
-            changed = heads(*self.add_change(attn, states, masks, change, key, value))
             token, class_word = masks[change.index, 0, rows], masks[change.index, 1, rows]  # (r, n)
             where = torch.where(class_word.any(-1, keepdim=True), class_word, token).to(probs.dtype)
-            attended = torch.einsum("rhqn,rn->rq", probs, where) / probs.shape[1]  # (r, q)
-            region = region_weights(attended)[:, None, :, None]
+            attended.append(torch.einsum("rhqn,rn->rq", probs, where) / probs.shape[1])  # (r, q)
+        # Several concepts share a pixel in proportion to how much it attends each one's word, so each
+        # keeps to its own object; a single concept takes its whole region.
+        total = torch.stack(attended).sum(0).clamp_min(torch.finfo(probs.dtype).tiny)
+        out = base[rows]
+        for change, mine in zip(regional, attended):
+            changed = heads(*self.add_change(attn, states, masks, change, key, value))
+            region = (region_weights(mine) * (mine / total if len(regional) > 1 else 1))[:, None, :, None]
             out = out + region * (self.attend(query[rows], changed[0][rows], changed[1][rows], mask, states) - base[rows])
         base = base.clone()
         base[rows] = out

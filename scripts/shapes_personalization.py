@@ -453,8 +453,11 @@ def main(argv=None) -> int:
     print("\n" + text)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(markdown)
+    # A measure no clip of a row has (others, with two concepts) is nan in the table and null in the JSON.
+    json_summary = {row: {key: None if np.isnan(stat[0]) else stat for key, stat in stats.items()}
+                    for row, stats in summary.items()}
     write_json_atomic({"command": command, "prompts": prompts, "training": trained, "rows": rows,
-                       "summary": summary, "clips": results, "wall_s": round(wall_s, 1)}, args.json)
+                       "summary": json_summary, "clips": results, "wall_s": round(wall_s, 1)}, args.json)
     print(f"wrote {args.json} and {args.markdown} ({wall_s:.0f} s)")
     if args.example_out:
         source = trained.get(f"{args.concept}-token")

@@ -74,18 +74,19 @@ def test_the_unconditional_branch_never_sees_a_delta(tiny_pipeline):
     assert seen and all(rows == [False] * frames + [True] * frames for rows in seen)  # (uncond, cond) x frames
 
 
-def test_two_concepts_each_act_only_at_their_own_token(tiny_pipeline):
+@pytest.mark.parametrize("binding", ["token", "region"])
+def test_two_concepts_each_act_only_at_their_own_token(tiny_pipeline, binding):
     first = make_concept(tiny_pipeline, seed=1, token="<new1>", class_word="dog")
     second = make_concept(tiny_pipeline, seed=2, token="<new2>", class_word="cat")
     prompt = "a <new1> dog and a <new2> cat"
-    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 1.0, "b")], binding="token"):
+    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 1.0, "b")], binding=binding):
         both = render_frames(tiny_pipeline, settings(prompt), progress=False)
     # The second concept's change off (its token still in): only the first's change may act.
-    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 0.0, "b")], binding="token"):
+    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 0.0, "b")], binding=binding):
         first_only = render_frames(tiny_pipeline, settings(prompt), progress=False)
-    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 1.0, "b")], binding="token"):
+    with concepts_applied(tiny_pipeline, [(first, 1.0, "a"), (second, 1.0, "b")], binding=binding):
         no_second_token = render_frames(tiny_pipeline, settings("a <new1> dog and a cat"), progress=False)
-    with concepts_applied(tiny_pipeline, [(first, 1.0, "a")], binding="token"):
+    with concepts_applied(tiny_pipeline, [(first, 1.0, "a")], binding=binding):
         alone = render_frames(tiny_pipeline, settings("a <new1> dog and a cat"), progress=False)
     assert not np.array_equal(both, first_only)
     # Without <new2> in the prompt, concept b changes nothing at all.
