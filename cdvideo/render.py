@@ -62,15 +62,17 @@ def resolve_settings(settings: RenderSettings, preset: ModelPreset) -> RenderSet
         "seed": random.SystemRandom().randrange(0, 2**63),
     }
     resolved = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
-    # The model's concept schedule, for text-to-video with concepts only: a source video gives the motion itself.
-    if (preset.concept_schedule and settings.concepts and settings.concept_schedule is None
-            and not settings.concept_start and not settings.video):
-        resolved.concept_schedule = preset.concept_schedule
-    # The model's binding for concepts trained token-bound (cdvideo train's default), text-to-video only too;
-    # files trained another way (merged: other tools' files) keep their own.
+    # The model's binding for concepts trained token-bound (cdvideo train's default), for text-to-video only (a
+    # source video gives the layout and the motion itself); files trained another way (merged: other tools'
+    # files) keep their own.
     if (preset.concept_binding and settings.concepts and settings.concept_binding is None and not settings.video
             and all(recorded_binding(c.path) == "token" for c in settings.concepts)):
         resolved.concept_binding = preset.concept_binding
+    # The model's concept schedule, text-to-video too, for concepts acting on the whole picture: region-bound
+    # ones already leave the rest of it to the base model, and there the schedule only cost motion (Shapes).
+    if (preset.concept_schedule and settings.concepts and settings.concept_schedule is None
+            and not settings.concept_start and not settings.video and resolved.concept_binding != "region"):
+        resolved.concept_schedule = preset.concept_schedule
     # Absolute concept paths: the sidecar then repeats the render from any working directory.
     resolved.concepts = [dataclasses.replace(c, path=str(Path(c.path).absolute())) for c in settings.concepts]
     resolved.loras = [dataclasses.replace(lora, path=str(Path(lora.path).absolute())) for lora in settings.loras]

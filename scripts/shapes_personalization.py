@@ -83,6 +83,7 @@ ROWS = {
     # Trained token-bound, rendered with the change restricted to where the base model draws the class word.
     "token_region": dict(training="token", concept_binding="region"),
     "token_region_schedule": dict(training="token", concept_binding="region", concept_schedule="0:0.5, 0.3:1"),
+    "token_region_strong": dict(training="token", concept_binding="region", strength=1.5),
     "region": dict(training="region"),
     "region_schedule": dict(training="region", concept_schedule="0:0.5, 0.3:1"),
 }

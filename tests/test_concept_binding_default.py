@@ -33,9 +33,14 @@ def resolved(preset, **fields):
 
 def test_concepts_trained_token_bound_render_with_the_presets_binding(region_preset, tmp_path):
     assert recorded_binding(EXAMPLE) == "token"
-    assert resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)]).concept_binding == "region"
+    default = resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)])
+    assert default.concept_binding == "region"
+    # Region-bound concepts leave the rest of the picture alone themselves: the preset's schedule is not added.
+    assert region_preset.concept_schedule and default.concept_schedule is None
     # What the user says wins; no concept, no binding.
     assert resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)], concept_binding="token").concept_binding == "token"
+    assert resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)], concept_schedule="0:0.5, 0.5:1"
+                    ).concept_schedule == "0:0.5, 0.5:1"
     assert resolved(region_preset).concept_binding is None
     # A concept trained merged (as other tools' files are) keeps its own binding, and so does a mix.
     merged = load_concept(EXAMPLE)
@@ -43,7 +48,10 @@ def test_concepts_trained_token_bound_render_with_the_presets_binding(region_pre
     save_concept(dataclasses.replace(merged, tokens={"<new2>": merged.tokens["<new1>"]},
                                      class_words={"<new2>": "circle"}), tmp_path / "merged.safetensors")
     assert recorded_binding(tmp_path / "merged.safetensors") == "merged"
-    assert resolved(region_preset, concepts=[ConceptSpec(str(tmp_path / "merged.safetensors"))]).concept_binding is None
+    as_trained = resolved(region_preset, concepts=[ConceptSpec(str(tmp_path / "merged.safetensors"))])
+    assert as_trained.concept_binding is None and as_trained.concept_schedule == region_preset.concept_schedule
+    explicit = resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)], concept_binding="token")
+    assert explicit.concept_schedule == region_preset.concept_schedule
     assert resolved(region_preset, concepts=[ConceptSpec(EXAMPLE), ConceptSpec(str(tmp_path / "merged.safetensors"))]
                     ).concept_binding is None
     # A source video: as trained (the binding default is measured for text-to-video only).
