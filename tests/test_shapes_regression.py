@@ -69,46 +69,54 @@ def test_the_vae_reconstructs_the_concept_it_never_saw(renderer):
     assert sum(hits) >= 14, [(s.background, [(o.shape, o.colours) for o in s.objects]) for s in seen]
 
 
+EXAMPLE = "examples/shapes-twotone-circle.safetensors"
+
+
+def judged_with_defaults(renderer, prompt: str, seed: int):
+    """`cdvideo render --concept EXAMPLE --prompt PROMPT --seed SEED` with no other flag: the example concept,
+    trained token-bound, renders with the model's defaults (region-bound: docs/personalization.md)."""
+    from pathlib import Path
+
+    from cdvideo.config import ConceptSpec
+    from cdvideo.render import load_concepts
+    from cdvideo.shapes.judge import judge_concept_clip
+
+    path = Path(__file__).resolve().parents[1] / EXAMPLE
+    settings = resolve_settings(RenderSettings(prompt=prompt, model="shapes", seed=seed, concepts=[ConceptSpec(str(path))]),
+                                renderer.preset)
+    assert settings.concept_binding == "region"
+    return judge_concept_clip(renderer.render(settings, load_concepts(settings.concepts), progress=False), prompt, seed)
+
+
 def test_the_example_concept_renders_the_two_tone_circle(renderer):
     """examples/shapes-twotone-circle.safetensors (ClassDiffusion, trained token-bound with the defaults:
     docs/personalization.md) on its training background: the judge sees a circle with both concept
     colours (each >= 20 % of it) in most of these frames (the base model: never); a retrained concept or
     model that loses it fails here."""
-    from pathlib import Path
-
     import numpy as np
 
-    from cdvideo.concept import load_concept
-    from cdvideo.shapes.judge import judge_concept_clip
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "shapes-twotone-circle.safetensors"
-    concepts = [(load_concept(path), 1.0, str(path))]
-    prompt = "a <new1> circle on a black background"
-    shares = []
-    for seed in range(4):
-        settings = resolve_settings(RenderSettings(prompt=prompt, model="shapes", seed=seed), renderer.preset)
-        shares.append(judge_concept_clip(renderer.render(settings, concepts, progress=False), prompt, seed).concept)
+    shares = [judged_with_defaults(renderer, "a <new1> circle on a black background", seed).concept for seed in range(4)]
     assert np.mean(shares) >= 0.7 and min(shares) >= 0.5, shares
 
 
 def test_the_example_concept_moves_each_way_as_asked(renderer):
-    """The example concept, trained token-bound (the default) and rendered with no flag, in each motion
-    direction: these fixed-seed clips were judged right (concept on screen in >= 0.88 of frames, moving the
-    asked way) when the concept was made; a concept that takes the motion words over again fails here.
-    (The merged ClassDiffusion concept it replaced moved the asked way in 3 of 8 such clips.)"""
-    from pathlib import Path
-
-    from cdvideo.concept import load_concept
-    from cdvideo.shapes.judge import judge_concept_clip
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "shapes-twotone-circle.safetensors"
-    concepts = [(load_concept(path), 1.0, str(path))]
+    """The example concept with no flag, in each motion direction: these fixed-seed clips were judged right
+    (concept on screen in >= 0.88 of frames, moving the asked way) when the defaults were chosen (22 of 24
+    such clips, seeds 0-5, were right); a concept that takes the motion words over again fails here. (The
+    merged ClassDiffusion concept it replaced moved the asked way in 3 of 8 such clips.)"""
     cases = [("left", 5), ("right", 0), ("up", 0), ("down", 1)]
     wrong = []
     for direction, seed in cases:
-        prompt = f"a <new1> circle moving {direction} on a black background"
-        settings = resolve_settings(RenderSettings(prompt=prompt, model="shapes", seed=seed), renderer.preset)
-        judged = judge_concept_clip(renderer.render(settings, concepts, progress=False), prompt, seed)
+        judged = judged_with_defaults(renderer, f"a <new1> circle moving {direction} on a black background", seed)
         if not (judged.motion and judged.concept >= 0.75):
             wrong.append((direction, seed, judged.motion, judged.concept))
     assert wrong == [], wrong
+
+
+def test_the_example_concept_keeps_a_second_object(renderer):
+    """The example concept with no flag beside a second object: this fixed-seed clip was judged right (the
+    concept and the red triangle both in >= 0.75 of frames) when the defaults were chosen. It is a regression
+    check, not a rate: such prompts are right in a minority of seeds (docs/personalization.md gives the rate);
+    rendered token-bound with the schedule (the previous default), this clip lost the triangle (others 0.0)."""
+    judged = judged_with_defaults(renderer, "a <new1> circle and a red triangle on a black background", 5)
+    assert judged.concept >= 0.75 and judged.others >= 0.75 and judged.everything >= 0.75, judged
