@@ -31,7 +31,7 @@ def resolved(preset, **fields):
                             preset)
 
 
-def test_concepts_trained_token_bound_render_with_the_presets_binding(region_preset, tmp_path):
+def test_one_concept_trained_token_bound_renders_with_the_presets_binding(region_preset, tmp_path):
     assert recorded_binding(EXAMPLE) == "token"
     default = resolved(region_preset, concepts=[ConceptSpec(EXAMPLE)])
     assert default.concept_binding == "region"
@@ -54,6 +54,12 @@ def test_concepts_trained_token_bound_render_with_the_presets_binding(region_pre
     assert explicit.concept_schedule == region_preset.concept_schedule
     assert resolved(region_preset, concepts=[ConceptSpec(EXAMPLE), ConceptSpec(str(tmp_path / "merged.safetensors"))]
                     ).concept_binding is None
+    # Several concepts, even all trained token-bound, render as trained, with the preset's schedule.
+    token2 = load_concept(EXAMPLE)
+    save_concept(dataclasses.replace(token2, tokens={"<new3>": token2.tokens["<new1>"]}, class_words={"<new3>": "circle"}),
+                 tmp_path / "token2.safetensors")
+    two = resolved(region_preset, concepts=[ConceptSpec(EXAMPLE), ConceptSpec(str(tmp_path / "token2.safetensors"))])
+    assert two.concept_binding is None and two.concept_schedule == region_preset.concept_schedule
     # A source video: as trained (the binding default is measured for text-to-video only).
     source = tmp_path / "source"
     source.mkdir()

@@ -68,8 +68,9 @@ class ModelPreset:
     # neither --concept-schedule nor --concept-start; empty: full strength. A concept weakened for the first
     # steps leaves the layout and the motion to the prompt (CustomCrafter's observation); Shapes measures it.
     concept_schedule: str = ""
-    # How concepts trained token-bound (`cdvideo train`'s default binding) render in a text-to-video render that
-    # names no --concept-binding (cdvideo.binding); empty: as trained. Shapes measures "region" (docs/personalization.md).
+    # How one concept trained token-bound (`cdvideo train`'s default binding) renders in a text-to-video render
+    # that names no --concept-binding (cdvideo.binding); empty: as trained. Shapes measures "region"
+    # (docs/personalization.md); several concepts at once render as trained.
     concept_binding: str = ""
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
