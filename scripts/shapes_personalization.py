@@ -108,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="per image, scaled by the batch as cdvideo train does")
     parser.add_argument("--train-seed", type=int, default=42)
     parser.add_argument("--train-backgrounds", choices=["black", "varied"], default="black",
-                        help="the 5 training images all on black, or on the prompts' backgrounds in turn (captioned)")
+                        help="the training images all on black, or on the prompts' backgrounds in turn (captioned)")
+    parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images per concept")
     parser.add_argument("--prompts", type=int, default=16, help="compositional prompts per concept (a multiple of 4)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="draws the prompts: another seed, other prompts")
     parser.add_argument("--seeds", type=int, default=8, help="render seeds per prompt (0..K-1, the same for every row)")
@@ -119,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--example-out", type=Path, default=None, help="copy the concept trained with the defaults here")
     parser.add_argument("--retrain", action="store_true", help="train the concepts again even if WORK has them")
     args = parser.parse_args(argv)
-    for name in ("steps", "seeds", "batch", "prompts"):
+    for name in ("steps", "seeds", "batch", "prompts", "train_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     args.json = args.json or args.work / f"results-{args.concept}.json"
@@ -167,7 +168,7 @@ def compositional_prompts(concept: dict, n: int, seed: int = 0) -> list[str]:
     return prompts
 
 
-def write_training_images(folder: Path, concept: dict, backgrounds: str = "black") -> Path:
+def write_training_images(folder: Path, concept: dict, backgrounds: str = "black", count: int = TRAIN_IMAGES) -> Path:
     """The concept's training images: world.concept_scene with seeds 0..4, 32x32 PNGs. "black": all on black,
     captioned by --instance-prompt; "varied": on the backgrounds a prompt may use, in turn, each with a
     caption file naming its background (as a user's photos show the subject in several places)."""
@@ -177,7 +178,7 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
 
     folder.mkdir(parents=True, exist_ok=True)
     colours = allowed_colours(concept)
-    for seed in range(TRAIN_IMAGES):
+    for seed in range(count):
         background = "black" if backgrounds == "black" else colours[seed % len(colours)]
         scene = concept_scene(np.random.default_rng(seed), background=background, concept=concept)
         Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}.png")
@@ -244,7 +245,9 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
     for name, concept_key in dict.fromkeys(needed):
         concept = CONCEPTS[concept_key]
         suffix = "" if args.train_backgrounds == "black" else f"-{args.train_backgrounds}"
-        images = write_training_images(args.work / f"images-{concept_key}{suffix}", concept, args.train_backgrounds)
+        suffix += "" if args.train_images == TRAIN_IMAGES else f"-{args.train_images}"
+        images = write_training_images(args.work / f"images-{concept_key}{suffix}", concept, args.train_backgrounds,
+                                       args.train_images)
         out = args.work / "concepts" / f"{concept_key}{suffix}-{name}.safetensors"
         command = train_command(args, images, concept, TRAININGS[name], out)
         record = out.with_suffix(".command.json")
