@@ -39,6 +39,10 @@ REPEATED_BLOCKS = ("BasicTransformerBlock", "FreeNoiseTransformerBlock", "Resnet
 # which dynamo silently runs the remaining blocks eager. Raised for compiled renders only.
 RECOMPILE_LIMIT = 64
 BACKEND = "inductor"
+# On the CPU inductor turns every graph with a convolution to channels_last (its layout optimization); per
+# compiled resnet that is a conversion in and out, and mkldnn's channels_last convolutions were slower
+# here anyway (docs/performance.md: a UNet call 1.4-1.8x slower compiled with it, the same as eager without).
+CPU_INDUCTOR_CONFIG = {"layout_optimization": False}
 
 
 def check_compile(settings) -> None:
@@ -104,8 +108,12 @@ def compile_applied(pipeline, settings) -> Iterator[None]:
 
     unet = pipeline.unet
     if settings.compile:
+        import torch._inductor.config
+
         compile_blocks(unet)
-        with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+        inductor = CPU_INDUCTOR_CONFIG if unet.device.type == "cpu" else {}
+        with (torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)),
+              torch._inductor.config.patch(**inductor)):
             yield
         return
     hidden = {module: module._compiled_call_impl for module in compiled_blocks(unet).values()}

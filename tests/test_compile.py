@@ -135,12 +135,21 @@ def test_composes_with_step_caching(renderer, eager_backend):
     assert "forward" not in vars(renderer.pipeline.unet)
 
 
-def test_composes_with_freenoise_windows(renderer, eager_backend):
+def test_composes_with_freenoise_windows(renderer, eager_backend, monkeypatch):
     """FreeNoise swaps the motion blocks for its windowed ones for the render (compiled too) and rebuilds plain
     ones after it: those are compiled on the next compiled render, from the graphs torch already has."""
     windows = dict(num_frames=12, context_length=8, context_stride=4)
     eager, _ = graphs_compiled(renderer, **windows)
+    compiled_kinds = []
+    compile_blocks = regional_compile.compile_blocks
+
+    def recording(unet):
+        compile_blocks(unet)
+        compiled_kinds.append({type(m).__name__ for m in regional_compile.compiled_blocks(unet).values()})
+
+    monkeypatch.setattr(regional_compile, "compile_blocks", recording)
     frames, _ = graphs_compiled(renderer, compile=True, **windows)
+    assert compiled_kinds == [{"BasicTransformerBlock", "FreeNoiseTransformerBlock", "ResnetBlock2D"}]
     assert np.array_equal(frames, eager)
     assert graphs_compiled(renderer, compile=True, seed=10, **windows)[1] == 0
     unet = renderer.pipeline.unet
@@ -214,6 +223,18 @@ def test_an_unsupported_device_is_refused_before_loading(tiny_preset):
         check_inputs(settings, tiny_preset)
 
 
+def test_on_the_cpu_inductor_keeps_the_layout_only_while_compiling(renderer, eager_backend):
+    """Inductor's channels_last layout optimization is off for compiled CPU renders (measured slower), and
+    torch's setting is as before after the render."""
+    import torch._inductor.config
+
+    before = torch._inductor.config.layout_optimization
+    with regional_compile.compile_applied(renderer.pipeline, settings_for(renderer, compile=True)):
+        assert torch._inductor.config.layout_optimization is False
+        assert torch._dynamo.config.recompile_limit >= regional_compile.RECOMPILE_LIMIT
+    assert torch._inductor.config.layout_optimization == before
+
+
 def test_a_model_without_repeated_blocks_is_one_line():
     from types import SimpleNamespace
 
@@ -244,3 +265,12 @@ def test_inductor_frames_within_one_level_of_eager_and_compiled_once(tiny_preset
     _, second = graphs_compiled(renderer, compile=True, seed=22, prompt="a cat sitting")
     assert np.abs(frames.astype(int) - eager.astype(int)).max() <= 1
     assert first > 0 and second == 0
+
+
+def test_bench_fast_break_even():
+    from conftest import load_script
+
+    bench = load_script("bench_fast")
+    assert bench.break_even(60.0, 10.0, 4.0) == 10  # 60 s of compiling, 6 s saved per clip
+    assert bench.break_even(61.0, 10.0, 4.0) == 11
+    assert bench.break_even(60.0, 4.0, 4.5) is None  # compiled clips not faster: never pays off
