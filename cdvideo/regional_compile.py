@@ -36,7 +36,7 @@ from cdvideo.errors import ConfigError
 REPEATED_BLOCKS = ("BasicTransformerBlock", "FreeNoiseTransformerBlock", "ResnetBlock2D")
 # Parameters are static in the graphs, so each parameter shape of a block class is a graph of its own:
 # SD 1.5's UNet has 12 resnet shapes, more than torch's default limit of 8 graphs per function, beyond
-# which dynamo silently runs the remaining blocks eager. Raised for compiled renders only.
+# which dynamo runs the remaining blocks eager (a log warning only). Raised for compiled renders only.
 RECOMPILE_LIMIT = 64
 BACKEND = "inductor"
 # On the CPU inductor turns every graph with a convolution to channels_last (its layout optimization); per
