@@ -391,6 +391,9 @@ class RenderSettings:
     # Where the shallow branch ends, in skip connections from the shallowest (0: conv_in only, DeepCache's
     # default and the fastest; larger recomputes more and stays closer to full compute).
     step_cache_branch: int = 0
+    # Regional compilation (torch.compile on the UNet's repeated blocks; cdvideo.regional_compile): compiled on
+    # the first render of a shape, kept for the later renders of a batch. Pays off over many clips of one shape.
+    compile: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "RenderSettings":

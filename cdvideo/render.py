@@ -38,6 +38,7 @@ from cdvideo.export import FORMATS, encode_video, format_from_path, frames_to_ui
 from cdvideo.memory import check_memory, low_vram_applied
 from cdvideo.models import SCHEDULERS, SD_VAE_SCALE_FACTOR, ModelFiles, ModelPreset, load_preset, locate, preset_lora_specs
 from cdvideo.outputs import check_output
+from cdvideo.regional_compile import check_compile, compile_applied
 from cdvideo.schedule import check_binding, parse_schedule
 from cdvideo.sidecar import sidecar_path, sidecar_record, write_sidecar
 from cdvideo.source_video import check_source, resolve_source, source_frames
@@ -123,6 +124,7 @@ def check_inputs(settings: RenderSettings, model: ModelFiles | ModelPreset, out:
     check_controls(settings)
     check_ip_adapter(settings)
     check_step_cache(settings)
+    check_compile(settings)
     if settings.concept_schedule is not None:
         if settings.concept_start:
             raise ConfigError("give concept_start or concept_schedule, not both (concept_start S is the schedule \"0:0, S:1\")")
@@ -334,8 +336,9 @@ class Renderer:
     @contextlib.contextmanager
     def _prepared(self, settings: RenderSettings, concepts, loras):
         """Everything one render (or one batch, which shares `settings`' shared fields) switches on and
-        off again: scheduler, LoRAs and concepts, long-video windows, low-VRAM, guidance rescale, and
-        the concepts' strength schedule. Yields the pipeline to call (`task_pipeline`) and the step-end
+        off again: scheduler, LoRAs and concepts, long-video windows, step caching, low-VRAM, guidance
+        rescale, and the concepts' strength schedule; with `compile` the UNet's blocks are compiled (and
+        stay so for later renders, which run them eager unless they ask for `compile` too). Yields the pipeline to call (`task_pipeline`) and the step-end
         callback to pass to it, or None."""
         from cdvideo.inject import schedule_factors, strength_scheduled
 
@@ -346,6 +349,7 @@ class Renderer:
         with (self._applied(concepts, loras, settings.concept_binding) as injector,
               ip_adapter_applied(pipeline, adapter, [spec.scale for spec in settings.ip_adapters]),  # after the concepts
               long_video_applied(pipeline, settings),
+              compile_applied(pipeline, settings),  # inside long_video: FreeNoise's motion blocks are compiled too
               step_cache_applied(pipeline, settings),  # inside guidance rescale and offload, which wrap forward
               low_vram_applied(pipeline, settings, self.device),
               guidance_rescale_applied(pipeline, settings),

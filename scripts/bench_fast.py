@@ -3,10 +3,15 @@
 Speed (at real size, random weights): the SD 1.5 + AnimateDiff v2 model of scripts/bench_realsize.py
 (built once, nothing downloaded), each variant in its own process through bench_realsize's child,
 on the same inputs and seed: (a) plain diffusers, (c) cdvideo's defaults (full compute), then cdvideo
-with each step-cache setting (`--cache INTERVAL:BRANCH ...`, cdvideo.step_cache). Per variant: seconds
-per clip and per UNet call, the ratio to plain diffusers' seconds per clip, peak memory (RSS of the
-child on the CPU; CUDA max allocated on a GPU), and per-frame PSNR against (c)'s frames (full compute;
-mean and worst frame; inf = identical).
+with each step-cache setting (`--cache INTERVAL:BRANCH ...`, cdvideo.step_cache), and with `--compile`
+cdvideo's regional compilation (cdvideo.regional_compile) alone and with each step-cache setting. Per
+variant: seconds per clip and per UNet call, the ratio to plain diffusers' seconds per clip, peak memory
+(RSS of the child on the CPU; CUDA max allocated on a GPU), and per-frame PSNR against (c)'s frames (full
+compute; mean and worst frame; inf = identical). A compiled variant renders a first clip (compilation
+included), the timed warm clip, then the same clip eager (in the same process, so that a shared machine's
+drift between processes does not count as a speed-up), each child with an empty inductor / Triton cache of
+its own (cold, as a user's first run): compile time = first clip - warm clip, and the break-even clip count
+= compile time / the seconds per clip it saves against that eager clip.
 
 Quality (the Shapes world, trained weights): held-out prompts x seeds rendered with full compute and
 each cache setting on the same prompts and seeds, read back by the pixel judge
@@ -17,12 +22,14 @@ clip and the ratio to full compute.
     python scripts/bench_fast.py                                   # both parts, defaults by device
     python scripts/bench_fast.py --part speed --size 512 --frames 16 --steps 25 --cache 2:0 3:0 4:0 3:3
     python scripts/bench_fast.py --part shapes --shapes-prompts 20 --shapes-seeds 2 --json fast.json
+    python scripts/bench_fast.py --part speed --size 64 --frames 8 --steps 12 --cache 3:0 --compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -54,6 +61,20 @@ def cache_label(interval: int, branch: int) -> str:
     return f"step cache {interval}:{branch}"
 
 
+FULL_LABEL = "cdvideo default (full compute)"
+COMPILE_LABEL = "cdvideo --compile"
+
+
+def compile_label(interval: int, branch: int) -> str:
+    return f"--compile + {cache_label(interval, branch)}"
+
+
+def break_even(compile_s: float, uncompiled_clip_s: float, compiled_clip_s: float) -> int | None:
+    """Clips of one shape after which compiling has paid for itself; None when compiled clips are not faster."""
+    saved = uncompiled_clip_s - compiled_clip_s
+    return math.ceil(compile_s / saved) if saved > 0 else None
+
+
 def psnr_per_frame(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """PSNR in dB of each uint8 frame against the reference's (inf where identical)."""
     error = ((frames.astype(np.float64) - reference.astype(np.float64)) ** 2).reshape(len(frames), -1).mean(axis=1)
@@ -81,16 +102,29 @@ def run_speed(args, tmp: Path) -> dict:
     print(f"speed: SD 1.5 + AnimateDiff v2 at real size (random weights); {args.size}x{args.size}, {args.frames} frames, "
           f"{args.steps} DDIM steps, guidance 7.5 (CFG batch 2), {args.device}, torch threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}; each variant in its own process", flush=True)
-    variants = [("a", "plain diffusers", None), ("c", "cdvideo default (full compute)", None)]
+    variants = [("a", "plain diffusers", None), ("c", FULL_LABEL, None)]
     variants += [("c", cache_label(i, b), {"step_cache": i, "step_cache_branch": b}) for i, b in args.cache]
+    uncompiled = {}  # compiled variant -> the same variant without compilation (its break-even is against that)
+    if args.compile:
+        variants.append(("c", COMPILE_LABEL, {"compile": True}))
+        uncompiled[COMPILE_LABEL] = FULL_LABEL
+        for i, b in args.cache:
+            variants.append(("c", compile_label(i, b), {"step_cache": i, "step_cache_branch": b, "compile": True}))
+            uncompiled[compile_label(i, b)] = cache_label(i, b)
     results, frames_of = {}, {}
     for n, (variant, label, extra) in enumerate(variants):
         out = str(tmp / f"frames-{n}.npy")
+        # Each compiled child compiles from nothing: an inductor (and Triton) cache of its own, empty.
+        cache = tmp / f"inductor-{n}"
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache / "triton")}
         results[label] = bench_realsize.run_child(__file__, variant, model_dir, args.device, args.size, args.frames,
                                                   args.steps, out, label,
-                                                  ["--extra", json.dumps(extra)] if extra else [])
+                                                  ["--extra", json.dumps(extra)] if extra else [],
+                                                  env=env if label in uncompiled else None)
         frames_of[label] = np.load(out)
-        print(f"  {label}: load {results[label]['load_s']:.1f} s, clip {results[label]['clip_s']:.1f} s", flush=True)
+        first = results[label].get("first_clip_s")
+        print(f"  {label}: load {results[label]['load_s']:.1f} s, " + (f"first clip {first:.1f} s, " if first else "")
+              + f"clip {results[label]['clip_s']:.1f} s", flush=True)
 
     cuda = args.device.startswith("cuda")
     mem_key, mem_name = ("cuda_peak_mb", "CUDA max alloc") if cuda else ("peak_rss_mb", "peak RSS")
@@ -111,6 +145,27 @@ def run_speed(args, tmp: Path) -> dict:
               f"| {r[mem_key]:.0f} | {shown} |")
     print("\nspeed: plain diffusers' s/clip / this s/clip (>1 is faster); s/UNet call is the mean over full and cached "
           "steps; PSNR of the uint8 frames against cdvideo's full-compute frames (inf: identical).", flush=True)
+    if uncompiled:
+        print("\n| compiled variant | first clip s | warm clip s | compile s | uncompiled s/clip: own process, "
+              "same process | speed vs uncompiled, same process | break-even clips | max abs pixel diff to uncompiled "
+              "| graphs |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, plain_label in uncompiled.items():
+            r, plain = results[label], results[plain_label]
+            compile_s = r["first_clip_s"] - r["clip_s"]
+            clips = break_even(compile_s, r["eager_clip_s"], r["clip_s"])
+            diff = int(np.abs(frames_of[label].astype(int) - frames_of[plain_label].astype(int)).max())
+            rows[label].update(compile_s=compile_s, saved_s=r["eager_clip_s"] - r["clip_s"], break_even_clips=clips,
+                               max_diff_to_uncompiled=diff)
+            print(f"| {label} | {r['first_clip_s']:.1f} | {r['clip_s']:.2f} | {compile_s:.1f} | {plain['clip_s']:.2f}, "
+                  f"{r['eager_clip_s']:.2f} | {r['eager_clip_s'] / r['clip_s']:.2f}x "
+                  f"| {clips if clips is not None else 'never (not faster)'} | {diff}/255 | {r['compiled_graphs']} |")
+            for hit in r["recompile_limit_hits"]:
+                print(f"  {label}: recompile limit hit, later calls eager: {hit}")
+        print("compile s: first clip - warm clip (cold inductor cache); uncompiled s/clip: the variant without compile "
+              f"({', '.join(sorted(set(uncompiled.values())))}) in its own process, and the same clip rendered eager in "
+              "the compiled child right after its warm clip; break-even: compile s / (same-process uncompiled - warm "
+              "clip).", flush=True)
     return rows
 
 
@@ -164,6 +219,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("both", "speed", "shapes"), default="both")
     parser.add_argument("--cache", type=parse_cache, nargs="+", default=[parse_cache(c) for c in DEFAULT_CACHE],
                         metavar="INTERVAL:BRANCH", help=f"step-cache settings to compare (default: {' '.join(DEFAULT_CACHE)})")
+    parser.add_argument("--compile", action="store_true",
+                        help="speed: also cdvideo --compile, alone and with each --cache setting (compile time, break-even)")
     parser.add_argument("--size", type=int, default=None, help="speed: frame size (default: 128 on CPU, 512 on CUDA)")
     parser.add_argument("--frames", type=int, default=None, help="speed: frames (default: 8 on CPU, 16 on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="speed: DDIM steps (default: 12 on CPU, 25 on CUDA)")
@@ -190,7 +247,7 @@ def main() -> None:
 
     started = time.perf_counter()
     report = {"command": " ".join([sys.executable, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "cache": [list(c) for c in args.cache]}
+              "cache": [list(c) for c in args.cache], "compile": args.compile}
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("both", "speed"):
             report["speed"] = run_speed(args, Path(tmp))

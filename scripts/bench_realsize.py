@@ -182,6 +182,8 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
           extra: dict | None = None) -> None:
     """One variant in this process: load, render once, report timings and peak memory as JSON.
     `extra`: RenderSettings fields on top of cdvideo's variants' own (scripts/bench_fast.py's speed modes)."""
+    from torch._dynamo.utils import counters
+
     from cdvideo.cli.common import quiet_libraries
     from cdvideo.config import RenderSettings
 
@@ -194,12 +196,13 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     pipe.set_progress_bar_config(disable=True)
     cuda = device.startswith("cuda")
 
-    def render(n_steps: int):
+    def render(n_steps: int, **overrides):
         if variant in "cdefghi":
             settings = RenderSettings(prompt=CONCEPT_PROMPT if concepts else PROMPT, negative_prompt=NEGATIVE,
                                       num_frames=frames, height=size, width=size, steps=n_steps, guidance_scale=7.5,
                                       seed=SEED, scheduler="ddim", low_vram=variant == "e",
-                                      concept_binding={"g": "merged", "h": "token", "i": "region"}.get(variant), **(extra or {}))
+                                      concept_binding={"g": "merged", "h": "token", "i": "region"}.get(variant),
+                                      **{**(extra or {}), **overrides})
             return loaded.render(settings, concepts, progress=False)
         output = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=frames, height=size, width=size,
                       num_inference_steps=n_steps, guidance_scale=7.5,
@@ -207,10 +210,24 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
         return (output.frames[0] * 255).round().astype(np.uint8)
 
     warmup_s = None
-    if cuda:  # CUDA context, cuDNN autotuning, (f)'s compilation: not what a clip costs once warm
+    # A compiled cdvideo variant (`compile` in `extra`, scripts/bench_fast.py) renders a whole first clip as its
+    # warm-up, on the CPU too: compilation plus one clip, so first clip - timed clip is the compile time.
+    compiling = bool((extra or {}).get("compile"))
+    limit_hits = []  # dynamo's warnings that a function hit its recompile limit (its later calls then run eager)
+    if compiling:
+        import logging
+
+        class LimitHits(logging.Handler):
+            def emit(self, record):
+                if "recompile_limit" in record.getMessage():
+                    limit_hits.append(record.getMessage().splitlines()[1].strip())
+
+        logging.getLogger("torch._dynamo.convert_frame").addHandler(LimitHits())
+    if cuda or compiling:  # CUDA context, cuDNN autotuning, (f)'s compilation: not what a clip costs once warm
         t = time.perf_counter()
-        render(1)
-        torch.cuda.synchronize()
+        render(steps if compiling else 1)
+        if cuda:
+            torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -248,22 +265,31 @@ def child(variant: str, model_dir: str, device: str, size: int, frames: int, ste
     sync()
     clip_s = time.perf_counter() - t
     np.save(out, result)
+    step_s, unet_calls, vae_s = float(np.mean(unet_times)), len(unet_times), float(sum(vae_times))
+    eager_clip_s = None
+    if compiling:  # the same clip eager, in this process right after: a ratio that a busy machine's drift spares
+        t = time.perf_counter()
+        render(steps, compile=False)
+        sync()
+        eager_clip_s = time.perf_counter() - t
     report = dict(
-        load_s=load_s, clip_s=clip_s, step_s=float(np.mean(unet_times)), unet_calls=len(unet_times),
-        vae_s=float(sum(vae_times)),
+        load_s=load_s, clip_s=clip_s, step_s=step_s, unet_calls=unet_calls, vae_s=vae_s, eager_clip_s=eager_clip_s,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        warmup_s=warmup_s, estimate_mb=_estimate_mb(loaded, variant, device, size, frames),
+        warmup_s=warmup_s, first_clip_s=warmup_s if compiling else None,
+        compiled_graphs=counters["stats"]["unique_graphs"] if compiling else None, recompile_limit_hits=limit_hits,
+        estimate_mb=_estimate_mb(loaded, variant, device, size, frames),
     )
     print("RESULT " + json.dumps(report), flush=True)
 
 
 def run_child(script: str, variant: str, model_dir, device: str, size: int, frames: int, steps: int, out: str,
-              label: str, extra_args: list[str] = ()) -> dict:
-    """Run `script --child VARIANT ...` in its own process and return the report its child printed."""
+              label: str, extra_args: list[str] = (), env: dict[str, str] | None = None) -> dict:
+    """Run `script --child VARIANT ...` in its own process (with `env` on top of this one's environment)
+    and return the report its child printed."""
     cmd = [sys.executable, script, "--child", variant, "--model-dir", str(model_dir), "--device", device,
            "--size", str(size), "--frames", str(frames), "--steps", str(steps), "--out", out, *extra_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -55,6 +55,9 @@ SETTING_FLAGS = {
                        "model CPU offload (slower). On the CPU offload is meaningless, only the VAE changes"),
     "step_cache": (int, "step caching (DeepCache): the whole UNet every N steps, only its shallow branch between; "
                         "3 is DeepCache's choice (speed and quality cost: scripts/bench_fast.py). Default 0: off"),
+    "compile": (bool, "regional compilation: torch.compile on the UNet's repeated blocks, compiled on the first "
+                      "render of a shape (minutes) and kept for the rest of a batch; for CUDA, over many clips of one "
+                      "shape (on a CPU measured no faster than eager: docs/performance.md). Frames within 1/255"),
     "video": (str, "source video (mp4, webm, gif, webp or a PNG folder) to re-render with the prompt and concepts: "
                    "its layout and motion stay. Frames are scaled to cover --height x --width and cut about the centre; "
                    "frame count and fps are the source's unless given (docs/video-to-video.md)"),
