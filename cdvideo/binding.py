@@ -148,6 +148,9 @@ class BoundAttnProcessor:
     def deltas(self, attn, change: BoundChange) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return change.delta_k, change.delta_v
 
+    # Under --compile (cdvideo.regional_compile) the projections run eager: their token checks depend on the data
+    # and their strengths change with the schedule, so compiled they would compile again for every strength.
+    @torch.compiler.disable
     def project(self, attn, states: torch.Tensor, changes=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values with `changes` (default: all of this module's) added at their positions."""
         key, value = self.base_projections(attn, states)  # (b, n, inner)
@@ -208,9 +211,7 @@ class BoundAttnProcessor:
             value = value.view(len(value), -1, attn.heads, head_dim).transpose(1, 2)
             return (key if attn.norm_k is None else attn.norm_k(key)), value
 
-        masks = self.positions.masks_for_states(states)
-        regional = [c for c in self.changes if c.binding == "region" and c.owner.strength * c.owner.factor != 0.0
-                    and masks[c.index, 0].any()]
+        regional = self.active_regions(states) if any(c.binding == "region" for c in self.changes) else []
         if not regional:
             hidden_states = self.attend(query, *heads(*self.project(attn, states)), attention_mask, states)
         else:
@@ -226,6 +227,15 @@ class BoundAttnProcessor:
     def attend(self, query, key, value, attention_mask, states):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 
+    @torch.compiler.disable
+    def active_regions(self, states: torch.Tensor) -> list[BoundChange]:
+        """The region-bound changes that act on these encoder states (their token is there, their strength is not 0).
+        Only processors with a region-bound change ask, so the token-bound path stays as it was (and compiles so)."""
+        masks = self.positions.masks_for_states(states)
+        return [c for c in self.changes if c.binding == "region" and c.owner.strength * c.owner.factor != 0.0
+                and masks[c.index, 0].any()]
+
+    @torch.compiler.disable
     def attend_regions(self, attn, query, heads, states, attention_mask, regional):
         """Region binding: each concept's change acts only on the pixels where the base model attends its
         class word (its token where no class word follows), so a second object or the background drawn

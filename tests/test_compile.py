@@ -106,7 +106,8 @@ def test_a_merged_concept_compiles_nothing_again(renderer, eager_backend):
         assert graphs == 0 and np.array_equal(frames, eager)
 
 
-def test_a_token_bound_concept_compiles_once_then_reuses(renderer, eager_backend):
+@pytest.mark.parametrize("binding", ["token", "region"])
+def test_a_token_bound_concept_compiles_once_then_reuses(renderer, eager_backend, binding):
     """Bound processors on attn2 are another code path (with graph breaks at their data-dependent token
     checks): compiled on the first bound render of a shape, then reused by every bound render, whatever
     the concept object, strength or schedule."""
@@ -114,8 +115,8 @@ def test_a_token_bound_concept_compiles_once_then_reuses(renderer, eager_backend
     renders = []
     for seed, strength, start in ((5, 1.0, 0.0), (6, 1.0, 0.0), (6, 0.5, 0.0), (6, 1.0, 0.4)):
         concepts = [(make_concept(renderer.pipeline, seed=seed, scale=2.0), strength, "test")]
-        eager, _ = graphs_compiled(renderer, concepts, concept_binding="token", concept_start=start)
-        frames, graphs = graphs_compiled(renderer, concepts, compile=True, concept_binding="token", concept_start=start)
+        eager, _ = graphs_compiled(renderer, concepts, concept_binding=binding, concept_start=start)
+        frames, graphs = graphs_compiled(renderer, concepts, compile=True, concept_binding=binding, concept_start=start)
         assert np.array_equal(frames, eager)
         renders.append(graphs)
     assert renders[0] > 0 and renders[1:] == [0, 0, 0], renders
