@@ -84,6 +84,8 @@ ROWS = {
     "token_region": dict(training="token", concept_binding="region"),
     "token_region_schedule": dict(training="token", concept_binding="region", concept_schedule="0:0.5, 0.3:1"),
     "token_region_strong": dict(training="token", concept_binding="region", strength=1.5),
+    # Break-A-Scene's masked loss (the subject only), rendered region-bound (the region keeps the rest base).
+    "token_subject_region": dict(training="token_subject", concept_binding="region"),
     "region": dict(training="region"),
     "region_schedule": dict(training="region", concept_schedule="0:0.5, 0.3:1"),
 }
