@@ -50,7 +50,8 @@ TRAININGS = {
     "token_composites_attention": ["--binding", "token", "--composites", "{composites}", "--attention-loss-weight", "0.1"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
-    "region": ["--binding", "region"],  # trained with the change only where the base model draws the class word
+    "region": ["--binding", "region"],
+    "token_subject_bg": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "0.1"],  # trained with the change only where the base model draws the class word
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -86,6 +87,7 @@ ROWS = {
     "token_region_strong": dict(training="token", concept_binding="region", strength=1.5),
     # Break-A-Scene's masked loss (the subject only), rendered region-bound (the region keeps the rest base).
     "token_subject_region": dict(training="token_subject", concept_binding="region"),
+    "token_subject_bg_region": dict(training="token_subject_bg", concept_binding="region"),
     "region": dict(training="region"),
     "region_schedule": dict(training="region", concept_schedule="0:0.5, 0.3:1"),
 }

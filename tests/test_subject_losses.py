@@ -164,6 +164,22 @@ def test_a_mask_that_covers_everything_trains_as_no_mask(tmp_path):
     assert torch.equal(ca.tokens["<new1>"], cb.tokens["<new1>"])
 
 
+def test_a_background_weight_of_one_trains_as_no_mask(tmp_path):
+    """--background-loss-weight 1 gives the background its full weight again: plain training, to the bit; 0.5
+    trains something between."""
+    from cdvideo.concept import load_concept
+
+    images = make_masked_images(tmp_path / "dog")
+    one = train(tiny_config(images, tmp_path / "one.safetensors", loss_on_subject=True, background_loss_weight=1.0),
+                progress=False)
+    plain = train(tiny_config(images, tmp_path / "plain.safetensors"), progress=False)
+    half = train(tiny_config(images, tmp_path / "half.safetensors", loss_on_subject=True, background_loss_weight=0.5),
+                 progress=False)
+    c1, cp, ch = (load_concept(r.concept) for r in (one, plain, half))
+    assert all(torch.equal(c1.deltas[k], cp.deltas[k]) for k in cp.deltas)
+    assert any(not torch.equal(ch.deltas[k], cp.deltas[k]) for k in cp.deltas)
+
+
 def test_the_losses_change_training_and_are_logged(tmp_path):
     images = make_masked_images(tmp_path / "dog")
     components = load_components()
@@ -197,6 +213,10 @@ def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, mon
         train(tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01), progress=False)
     with pytest.raises(ConfigError, match="attention_loss_weight needs .*--binding token"):
         tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01, binding="merged").check()
+    with pytest.raises(ConfigError, match="background_loss_weight weighs the background of --loss-on-subject"):
+        tiny_config(plain, tmp_path / "x.safetensors", background_loss_weight=0.1).check()
+    with pytest.raises(ConfigError, match=r"background_loss_weight must be in \[0, 1\], got 2"):
+        tiny_config(plain, tmp_path / "x.safetensors", loss_on_subject=True, background_loss_weight=2.0).check()
     with pytest.raises(ConfigError, match="attention_loss_weight and --binding region"):
         tiny_config(plain, tmp_path / "x.safetensors", attention_loss_weight=0.01, binding="region").check()
     code = main(["train", "--images", str(plain), "--class-word", "dog", "--out", str(tmp_path / "x.safetensors"),

@@ -35,6 +35,8 @@ _HELP = {
     "train_token": "train the new token's embedding (default); --no-train-token keeps the initializer word's",
     "loss_on_subject": "with subject masks (NAME.mask.png beside each image, white = subject): the diffusion loss "
                        "counts only the subject, so the concept does not learn the photos' backgrounds",
+    "background_loss_weight": "with --loss-on-subject: the weight the background keeps in the diffusion loss (0..1; "
+                              "default 0, Break-A-Scene's way)",
     "attention_loss_weight": "with subject masks: weight of the loss that keeps the token's cross-attention on the "
                              "subject (Break-A-Scene; 0 off)",
     "composites": "with subject masks: a file of 'SCENE PROMPT | CAPTION' lines; the base model renders each scene, "

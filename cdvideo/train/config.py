@@ -77,6 +77,9 @@ class TrainConfig:
     # (Avrahami et al., 2023) keep the concept to its subject. loss_on_subject: the diffusion loss counts
     # only the subject's latents, so the token does not learn the photos' backgrounds and emptiness.
     loss_on_subject: bool = False
+    # With loss_on_subject: the weight the background's latents keep (0: none, Break-A-Scene's way; 1: plain
+    # training). A little background still teaches the token what it must not draw.
+    background_loss_weight: float = 0.0
     # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
     # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
     attention_loss_weight: float = 0.0
@@ -167,6 +170,10 @@ class TrainConfig:
                      "attention_loss_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.background_loss_weight <= 1:
+            raise ConfigError(f"background_loss_weight must be in [0, 1], got {self.background_loss_weight}")
+        if self.background_loss_weight > 0 and not self.loss_on_subject:
+            raise ConfigError("background_loss_weight weighs the background of --loss-on-subject: pass --loss-on-subject too")
         if self.holdout < 0:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

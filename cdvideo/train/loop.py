@@ -368,7 +368,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                     noise_scheduler.get_velocity(latents, noise, timesteps)
                 loss_mask = masks
                 if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
-                    loss_mask = loss_mask * subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1])
+                    subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1])
+                    loss_mask = loss_mask * (subject + config.background_loss_weight * (1 - subject))
                 diffusion = masked_diffusion_loss(prediction[:n], target[:n], loss_mask.to(device))
                 attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)),
                                            batch["subjects"][mine[:n]], [batch["concepts"][i] for i in mine[:n]]) \
