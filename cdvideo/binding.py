@@ -304,17 +304,12 @@ class TrainingBoundAttnProcessor(BoundAttnProcessor):
         return attn.to_k.weight - self.base_k, attn.to_v.weight - self.base_v
 
 
-# region_weights' shape: weight = (FLOOR + (1 - FLOOR) * attention / peak) ** SHARPNESS.
-REGION_SHARPNESS = 1.0
-REGION_FLOOR = 0.0
-
-
 def region_weights(attended: torch.Tensor) -> torch.Tensor:
     """(b, q) attention to a word -> (b, q) weights in [0, 1]: 1 where the word is attended most in each
-    frame, falling with its attention elsewhere."""
+    frame, falling with its attention elsewhere (sharper or wider maps measured no better:
+    docs/personalization.md)."""
     peak = attended.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(attended.dtype).tiny)
-    share = (attended / peak).clamp(0, 1)
-    return (REGION_FLOOR + (1 - REGION_FLOOR) * share) ** REGION_SHARPNESS
+    return (attended / peak).clamp(0, 1)
 
 
 def take_attention_maps(unet: torch.nn.Module) -> list[torch.Tensor]:

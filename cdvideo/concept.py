@@ -198,8 +198,8 @@ def recorded_binding(path: str | os.PathLike) -> str | None:
     if metadata.get("format") != FORMAT:
         return None
     try:
-        training = json.loads(metadata.get("training", "{}"))
-    except (json.JSONDecodeError, RecursionError):
+        training = _json_field(metadata, "training", {}, str(path))
+    except ConceptFileError:
         return None
     return training.get("binding") if isinstance(training, dict) else None
 

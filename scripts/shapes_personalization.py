@@ -50,8 +50,9 @@ TRAININGS = {
     "token_composites_attention": ["--binding", "token", "--composites", "{composites}", "--attention-loss-weight", "0.1"],
     "token_fixed": ["--binding", "token", "--no-train-token"],
     "token+class_fixed": ["--binding", "token+class", "--no-train-token"],
-    "region": ["--binding", "region"],
-    "token_subject_bg": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "0.1"],  # trained with the change only where the base model draws the class word
+    "region": ["--binding", "region"],  # trained with the change only where the base model draws the class word
+    # Break-A-Scene's masked loss with the background kept at a tenth of its weight.
+    "token_subject_bg": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "0.1"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -76,7 +77,7 @@ ROWS = {
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
     # `cdvideo render --concept X` with no other flag: the concept trained with `cdvideo train`'s defaults (token)
-    # and rendered with the model's defaults (the Shapes preset's concept_schedule).
+    # and rendered with the model's defaults (the Shapes preset's concept_binding, region).
     "defaults": dict(training="token", render_defaults=True),
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
