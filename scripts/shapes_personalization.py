@@ -53,6 +53,9 @@ TRAININGS = {
     "region": ["--binding", "region"],  # trained with the change only where the base model draws the class word
     # Break-A-Scene's masked loss with the background kept at a tenth of its weight.
     "token_subject_bg": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "0.1"],
+    # The masked loss with the background compared with the base model's prediction (the caption without the token).
+    "token_subject_base": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "1",
+                           "--background-target", "base"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -89,6 +92,8 @@ ROWS = {
     # Break-A-Scene's masked loss (the subject only), rendered region-bound (the region keeps the rest base).
     "token_subject_region": dict(training="token_subject", concept_binding="region"),
     "token_subject_bg_region": dict(training="token_subject_bg", concept_binding="region"),
+    "token_subject_base_region": dict(training="token_subject_base", concept_binding="region"),
+    "token_subject_base": dict(training="token_subject_base"),
     "region": dict(training="region"),
     "region_schedule": dict(training="region", concept_schedule="0:0.5, 0.3:1"),
 }

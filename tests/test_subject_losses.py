@@ -295,3 +295,55 @@ def test_the_attention_loss_with_gradient_checkpointing_trains_the_same_concept(
     a, b = load_concept(plain.concept), load_concept(checkpointed.concept)
     for key in a.deltas:
         torch.testing.assert_close(b.deltas[key], a.deltas[key], rtol=1e-4, atol=1e-6)
+
+
+def test_background_target_base_is_the_base_model_for_the_caption_without_the_token():
+    """--background-target base compares the background with the base model's prediction: whatever the trained
+    change has become, the caption with its token taken out is predicted by the untouched model."""
+    from cdvideo.binding import install_bound_training
+    from cdvideo.train.loop import _tokenize, base_prediction
+
+    parts = load_components()
+    unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 4, SIZE // 8, SIZE // 8, generator=generator)
+    timesteps = torch.tensor([10, 700])
+    with torch.no_grad():
+        hidden = text_encoder(_tokenize(tokenizer, ["a dog on a beach", "a dog"], "cpu"))[0]
+        expected = unet(noisy, timesteps, hidden).sample
+    tokenizer.add_tokens(["<new1>"])
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    remove = install_bound_training(unet, text_encoder, tokenizer, ["<new1>"], ["dog"], "token")
+    try:
+        with torch.no_grad():  # training has moved every key and value projection
+            for name, module in unet.named_modules():
+                if name.endswith("attn2"):
+                    module.to_k.weight.add_(0.5)
+                    module.to_v.weight.mul_(3.0)
+        got = base_prediction(unet, text_encoder, tokenizer, ["<new1>"], ["a <new1> dog on a beach", "a <new1> dog"],
+                              noisy, timesteps, "cpu")
+        changed = unet(noisy, timesteps, text_encoder(_tokenize(tokenizer, ["a <new1> dog on a beach",
+                                                                            "a <new1> dog"], "cpu"))[0]).sample
+    finally:
+        remove()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, expected, atol=1e-3)  # with the token, the change is there
+
+
+def test_background_target_base_trains_another_concept_and_refuses_bad_settings(tmp_path):
+    from cdvideo.concept import load_concept
+
+    images = make_masked_images(tmp_path / "dog")
+    data = train(tiny_config(images, tmp_path / "data.safetensors", loss_on_subject=True, background_loss_weight=1.0),
+                 progress=False)
+    base = train(tiny_config(images, tmp_path / "base.safetensors", loss_on_subject=True, background_loss_weight=1.0,
+                             background_target="base"), progress=False)
+    cd, cb = load_concept(data.concept), load_concept(base.concept)
+    assert any(not torch.equal(cb.deltas[k], cd.deltas[k]) for k in cd.deltas)
+    with pytest.raises(ConfigError, match="background_target base compares .* give it a weight above 0"):
+        tiny_config(images, tmp_path / "x.safetensors", loss_on_subject=True, background_target="base").check()
+    with pytest.raises(ConfigError, match="background_target base needs .*--binding token"):
+        tiny_config(images, tmp_path / "x.safetensors", loss_on_subject=True, background_loss_weight=1.0,
+                    background_target="base", binding="merged").check()
+    with pytest.raises(ConfigError, match="unknown background_target 'photo'; choose from data, base"):
+        tiny_config(images, tmp_path / "x.safetensors", background_target="photo").check()

@@ -37,6 +37,9 @@ _HELP = {
                        "counts only the subject, so the concept does not learn the photos' backgrounds",
     "background_loss_weight": "with --loss-on-subject: the weight the background keeps in the diffusion loss (0..1; "
                               "default 0, Break-A-Scene's way)",
+    "background_target": "with --background-loss-weight: what the background is compared with: data (the photo) or "
+                         "base (the model's own prediction for the caption without the token, so the concept only pays "
+                         "for changing the scene around its subject and does not learn the photos' backgrounds)",
     "attention_loss_weight": "with subject masks: weight of the loss that keeps the token's cross-attention on the "
                              "subject (Break-A-Scene; 0 off)",
     "composites": "with subject masks: a file of 'SCENE PROMPT | CAPTION' lines; the base model renders each scene, "

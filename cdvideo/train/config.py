@@ -20,6 +20,7 @@ SPL_POOLINGS = ("eos", "legacy")
 KEEP = ("last", "best", "all")
 SCORES = ("auto", "heldout_loss", "clip_i", "dino_i")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+BACKGROUND_TARGETS = ("data", "base")
 
 
 def fill_prompt(template: str, token: str | None, class_word: str) -> str:
@@ -80,6 +81,12 @@ class TrainConfig:
     # With loss_on_subject: the weight the background's latents keep (0: none, Break-A-Scene's way; 1: plain
     # training). A little background still teaches the token what it must not draw.
     background_loss_weight: float = 0.0
+    # With loss_on_subject and a background weight: what the background is compared with. "data": the photo
+    # (plain training there). "base": what the model predicts there for the caption without the token (the
+    # token taken out, so the class word names the subject), so the token is never rewarded for predicting the
+    # photos' backgrounds (which ties it to them) and only pays for changing what the base model draws around
+    # its subject. Needs a bound binding: then a caption without the token is the base model, bit for bit.
+    background_target: str = "data"
     # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
     # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
     attention_loss_weight: float = 0.0
@@ -174,6 +181,15 @@ class TrainConfig:
             raise ConfigError(f"background_loss_weight must be in [0, 1], got {self.background_loss_weight}")
         if self.background_loss_weight > 0 and not self.loss_on_subject:
             raise ConfigError("background_loss_weight weighs the background of --loss-on-subject: pass --loss-on-subject too")
+        if self.background_target not in BACKGROUND_TARGETS:
+            raise ConfigError(f"unknown background_target {self.background_target!r}; choose from "
+                              f"{', '.join(BACKGROUND_TARGETS)}")
+        if self.background_target == "base" and self.background_loss_weight == 0:
+            raise ConfigError("background_target base compares the background with the base model at "
+                              "--background-loss-weight: give it a weight above 0 (1: as much as the subject)")
+        if self.background_target == "base" and self.binding == "merged":
+            raise ConfigError("background_target base needs the base model for a caption without the token, which "
+                              "merged training changes too: pass --binding token (or another bound binding)")
         if self.holdout < 0:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -84,6 +84,17 @@ def trainable_param_names(unet: nn.Module, mode: str) -> list[str]:
     return names
 
 
+@torch.no_grad()
+def base_prediction(unet, text_encoder, tokenizer, tokens: list[str], prompts: list[str], noisy: torch.Tensor,
+                    timesteps: torch.Tensor, device) -> torch.Tensor:
+    """The base model's prediction for `prompts` with the concept tokens taken out ("a <new1> dog on a beach" ->
+    "a dog on a beach"). Under a bound binding a caption without the token is the base model bit for bit: the
+    trained change acts only at the token and the new embedding rows are not used."""
+    plain = [" ".join(w for w in p.split() if w not in tokens) for p in prompts]
+    hidden = text_encoder(_tokenize(tokenizer, plain, device))[0]
+    return unet(noisy, timesteps, hidden).sample.float()
+
+
 def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)  # (b, 77)
@@ -361,16 +372,21 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 ids = _tokenize(tokenizer, prompts, device)
                 ids = torch.cat([ids, token_phrase_ids]) if with_spl else ids  # (b + k, 77)
                 hidden = text_encoder(ids)[0]  # (b + k, 77, d)
+                if config.loss_on_subject and config.background_target == "base":  # before the maps are cleared
+                    base = base_prediction(accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder),
+                                           tokenizer, tokens, prompts[:n], noisy[:n], timesteps[:n], device)
                 if config.attention_loss_weight > 0:  # forget maps a checkpointed backward recorded again
                     take_attention_maps(accelerator.unwrap_model(unet))
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
-                loss_mask = masks
+                loss_mask, target = masks, target[:n]
                 if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
-                    subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1])
-                    loss_mask = loss_mask * (subject + config.background_loss_weight * (1 - subject))
-                diffusion = masked_diffusion_loss(prediction[:n], target[:n], loss_mask.to(device))
+                    subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1]).to(device)
+                    loss_mask = loss_mask.to(device) * (subject + config.background_loss_weight * (1 - subject))
+                    if config.background_target == "base":  # the background compared with the base model's prediction
+                        target = subject * target + (1 - subject) * base  # the mask is 0/1: each pixel has one target
+                diffusion = masked_diffusion_loss(prediction[:n], target, loss_mask.to(device))
                 attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)),
                                            batch["subjects"][mine[:n]], [batch["concepts"][i] for i in mine[:n]]) \
                     if config.attention_loss_weight > 0 else torch.zeros((), device=device)
