@@ -109,12 +109,33 @@ COMPOSITES = 20  # composite scenes per concept (--composites rows): 20 composit
 JUDGED = ["concept", "others", "motion", "everything", "background", "extra_objects"]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from cdvideo.shapes.world import CONCEPTS
+def concept_of(key: str) -> dict:
+    """A concept of the world (circle, square) or any other two-tone shape written SHAPE:UPPER:LOWER
+    (`triangle:green:white`: green above, white below), learned as `<new1> SHAPE`."""
+    from cdvideo.shapes.world import COLOURS, CONCEPTS, SHAPES
 
+    if key in CONCEPTS:
+        return CONCEPTS[key]
+    parts = key.split(":")
+    if len(parts) != 3 or parts[0] not in SHAPES or not set(parts[1:]) <= set(COLOURS) or parts[1] == parts[2]:
+        raise argparse.ArgumentTypeError(f"{key!r} is neither {' nor '.join(sorted(CONCEPTS))} nor SHAPE:UPPER:LOWER "
+                                         f"(shapes {', '.join(SHAPES)}; two different colours of {', '.join(COLOURS)})")
+    if "black" in parts[1:]:
+        raise argparse.ArgumentTypeError(f"{key!r}: black is the training photos' background; choose two other colours")
+    return dict(token="<new1>", class_word=parts[0], upper=parts[1], lower=parts[2])
+
+
+def _concept_key(key: str) -> str:
+    concept_of(key)  # argparse's check: a bad concept is a one-line usage error
+    return key
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes", help="preset name, preset YAML or diffusers model directory")
-    parser.add_argument("--concept", default="circle", choices=sorted(CONCEPTS), help="which two-tone concept")
+    parser.add_argument("--concept", default="circle", type=_concept_key,
+                        help="which two-tone concept: circle, square, or another written SHAPE:UPPER:LOWER "
+                             "(e.g. triangle:green:white)")
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS) + ["two_concepts", "two_region"],
                         help="rows to measure (two_concepts: both concepts in one prompt, trained with the defaults)")
     parser.add_argument("--work", type=Path, default=Path("runs/shapes-personalization"),
@@ -138,8 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "seeds", "batch", "prompts", "train_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    args.json = args.json or args.work / f"results-{args.concept}.json"
-    args.markdown = args.markdown or args.work / f"results-{args.concept}.md"
+    args.json = args.json or args.work / f"results-{args.concept.replace(':', '-')}.json"
+    args.markdown = args.markdown or args.work / f"results-{args.concept.replace(':', '-')}.md"
     return args
 
 
@@ -254,16 +275,15 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
     import os
 
     from cdvideo.concept import load_concept
-    from cdvideo.shapes.world import CONCEPTS
 
     records, pending = {}, []
     for name, concept_key in dict.fromkeys(needed):
-        concept = CONCEPTS[concept_key]
+        concept = concept_of(concept_key)
         suffix = "" if args.train_backgrounds == "black" else f"-{args.train_backgrounds}"
         suffix += "" if args.train_images == TRAIN_IMAGES else f"-{args.train_images}"
-        images = write_training_images(args.work / f"images-{concept_key}{suffix}", concept, args.train_backgrounds,
+        images = write_training_images(args.work / f"images-{concept_key.replace(':', '-')}{suffix}", concept, args.train_backgrounds,
                                        args.train_images)
-        out = args.work / "concepts" / f"{concept_key}{suffix}-{name}.safetensors"
+        out = args.work / "concepts" / f"{concept_key.replace(':', '-')}{suffix}-{name}.safetensors"
         command = train_command(args, images, concept, TRAININGS[name], out)
         record = out.with_suffix(".command.json")
         key = f"{concept_key}-{name}"
@@ -399,7 +419,7 @@ def main(argv=None) -> int:
     preset = load_preset(args.model)
     renderer = Renderer(preset, device=args.device)
     fingerprint = fingerprint_unet(renderer.pipeline.unet)
-    concept = CONCEPTS[args.concept]
+    concept = concept_of(args.concept)
     two = "two_concepts" in args.rows or "two_region" in args.rows
     if two:  # "a <new1> circle and a <new2> square ...": both concepts, trained with the defaults
         first, second = CONCEPTS["circle"], CONCEPTS["square"]
