@@ -54,9 +54,6 @@ TRAININGS = {
     # Break-A-Scene's masked loss with the background kept at a tenth of its weight.
     "token_subject_bg": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "0.1"],
     # The masked loss with the background compared with the base model's prediction (the caption without the token).
-    # The masked loss with the photos' backgrounds painted random plain colours (each draw).
-    "token_subject_swap": ["--binding", "token", "--loss-on-subject", "--background-swap", "0.5"],
-    "token_subject_swap_all": ["--binding", "token", "--loss-on-subject", "--background-swap", "1"],
     "token_subject_base": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "1",
                            "--background-target", "base"],
 }
@@ -95,8 +92,6 @@ ROWS = {
     # Break-A-Scene's masked loss (the subject only), rendered region-bound (the region keeps the rest base).
     "token_subject_region": dict(training="token_subject", concept_binding="region"),
     "token_subject_bg_region": dict(training="token_subject_bg", concept_binding="region"),
-    "token_subject_swap_region": dict(training="token_subject_swap", concept_binding="region"),
-    "token_subject_swap_all_region": dict(training="token_subject_swap_all", concept_binding="region"),
     "token_subject_base_region": dict(training="token_subject_base", concept_binding="region"),
     "token_subject_base": dict(training="token_subject_base"),
     "region": dict(training="region"),

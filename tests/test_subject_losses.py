@@ -1,7 +1,6 @@
 """Subject masks and Break-A-Scene's two losses: --loss-on-subject and --attention-loss-weight."""
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,33 +347,3 @@ def test_background_target_base_trains_another_concept_and_refuses_bad_settings(
                     background_target="base", binding="merged").check()
     with pytest.raises(ConfigError, match="unknown background_target 'photo'; choose from data, base"):
         tiny_config(images, tmp_path / "x.safetensors", background_target="photo").check()
-
-
-def test_background_swap_paints_only_the_background_and_draws_nothing_when_off():
-    """--background-swap P: the subject's pixels are kept exactly, everything else becomes one plain colour (another
-    each draw); P = 0 leaves the images and the random stream as they were; swapping needs the masked loss."""
-    from cdvideo.train.data import Example, make_batch
-
-    images = [np.zeros((32, 32, 3), dtype=np.uint8) for _ in range(2)]
-    for image in images:
-        image[8:20, 10:22] = (250, 200, 0)
-    masks = [Image.fromarray((im[..., 0] > 0).astype(np.uint8) * 255) for im in images]
-    examples = [Example(Image.fromarray(im), "a dog", 0, m) for im, m in zip(images, masks)]
-    off, plain = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    a = make_batch(examples, [0, 1], 32, off, False, False, 4, background_swap=0.0)
-    b = make_batch(examples, [0, 1], 32, plain, False, False, 4)
-    assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(off.get_state(), plain.get_state())
-    swapped = make_batch(examples, [0, 1, 0, 1], 32, torch.Generator().manual_seed(1), False, False, 4,
-                         background_swap=1.0)
-    subject = swapped["subjects"][:, 0] > 0.5  # (4, 32, 32)
-    colours = []
-    for pixels, inside, original in zip(swapped["pixels"], subject, b["pixels"].repeat(2, 1, 1, 1)):
-        assert torch.equal(pixels[:, inside], original[:, inside])  # the subject as photographed
-        outside = pixels[:, ~inside]
-        assert torch.allclose(outside, outside[:, :1].expand_as(outside))  # one plain colour
-        colours.append(outside[:, 0])
-    assert len({tuple(c.tolist()) for c in colours}) == 4 and not any(torch.allclose(c, torch.tensor(-1.0)) for c in colours)
-    with pytest.raises(ConfigError, match="background_swap paints .* pass --loss-on-subject"):
-        tiny_config(Path("."), "x.safetensors", background_swap=0.5).check()
-    with pytest.raises(ConfigError, match=r"background_swap must be in \[0, 1\], got 1.5"):
-        tiny_config(Path("."), "x.safetensors", loss_on_subject=True, background_swap=1.5).check()

@@ -40,8 +40,6 @@ _HELP = {
     "background_target": "with --background-loss-weight: what the background is compared with: data (the photo) or "
                          "base (the model's own prediction for the caption without the token, so the concept only pays "
                          "for changing the scene around its subject and does not learn the photos' backgrounds)",
-    "background_swap": "with --loss-on-subject: the share of training examples (0..1) whose background is painted a "
-                       "random plain colour, so the concept meets backgrounds its photos never show",
     "attention_loss_weight": "with subject masks: weight of the loss that keeps the token's cross-attention on the "
                              "subject (Break-A-Scene; 0 off)",
     "composites": "with subject masks: a file of 'SCENE PROMPT | CAPTION' lines; the base model renders each scene, "

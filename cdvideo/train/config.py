@@ -87,9 +87,6 @@ class TrainConfig:
     # photos' backgrounds (which ties it to them) and only pays for changing what the base model draws around
     # its subject. Needs a bound binding: then a caption without the token is the base model, bit for bit.
     background_target: str = "data"
-    # With subject masks and loss_on_subject: the share of training examples whose background is painted a random
-    # plain colour each time they are drawn, so the concept meets contexts its photos never show.
-    background_swap: float = 0.0
     # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
     # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
     attention_loss_weight: float = 0.0
@@ -184,11 +181,6 @@ class TrainConfig:
             raise ConfigError(f"background_loss_weight must be in [0, 1], got {self.background_loss_weight}")
         if self.background_loss_weight > 0 and not self.loss_on_subject:
             raise ConfigError("background_loss_weight weighs the background of --loss-on-subject: pass --loss-on-subject too")
-        if not 0 <= self.background_swap <= 1:
-            raise ConfigError(f"background_swap must be in [0, 1], got {self.background_swap}")
-        if self.background_swap > 0 and not self.loss_on_subject:
-            raise ConfigError("background_swap paints the photos' backgrounds colours their captions do not name: pass "
-                              "--loss-on-subject too, so the loss counts the subject only")
         if self.background_target not in BACKGROUND_TARGETS:
             raise ConfigError(f"unknown background_target {self.background_target!r}; choose from "
                               f"{', '.join(BACKGROUND_TARGETS)}")

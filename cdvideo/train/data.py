@@ -271,26 +271,15 @@ class EpochSampler:
         self.cursor = int(state["cursor"])
 
 
-def swap_background(pixels: torch.Tensor, subject: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The image (3, s, s) in [-1, 1] with everything outside its subject mask (1, s, s) in [0, 1] painted one
-    random plain colour (uniform in RGB): the subject seen against backgrounds its photos never show, as
-    BLIP-Diffusion trains on subjects pasted onto random backgrounds."""
-    colour = torch.rand(3, 1, 1, generator=generator) * 2 - 1
-    return subject * pixels + (1 - subject) * colour
-
-
 def make_batch(examples: list[Example], indices: list[int], size: int, generator: torch.Generator,
-               augment: bool, hflip: bool, latent_factor: int = 8, background_swap: float = 0.0) -> dict:
+               augment: bool, hflip: bool, latent_factor: int = 8) -> dict:
     """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/f, s/f) for the VAE's factor f, prompts,
-    concepts, and subjects (b, 1, s, s) when every example has a subject mask (else None). `background_swap`: the
-    share of examples whose background (outside the subject mask) is painted a random plain colour."""
+    concepts, and subjects (b, 1, s, s) when every example has a subject mask (else None)."""
     pixels, masks, prompts, subjects = [], [], [], []
     for index in indices:
         example = examples[index]
         image, mask, prompt, subject = random_rescale(example.image, example.prompt, size, generator, augment, hflip,
                                                       latent_factor, example.subject)
-        if background_swap > 0 and _uniform(generator) < background_swap:  # no draw at all when off
-            image = swap_background(image, subject, generator)
         pixels.append(image)
         masks.append(mask)
         prompts.append(prompt)

@@ -346,7 +346,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         # every process; each micro-batch of each process trains its rows of it (_share).
         n, blocks = config.batch_size, processes * config.gradient_accumulation_steps
         batch = make_batch(examples, sampler.next_indices(n * blocks), size, generator, config.augment, config.hflip,
-                           latent_factor, config.background_swap)
+                           latent_factor)
         all_pixels, all_prompts = batch["pixels"], batch["prompts"]
         if class_sampler is not None:
             chosen = [class_examples[i] for i in class_sampler.next_indices(n * blocks)]
