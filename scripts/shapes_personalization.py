@@ -22,6 +22,7 @@ against the same base weights are reused (--retrain trains again).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import shutil
@@ -141,6 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1500, help="training steps per concept")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="per image, scaled by the batch as cdvideo train does")
     parser.add_argument("--train-seed", type=int, default=42)
+    parser.add_argument("--train-seeds", type=int, default=1,
+                        help="train every concept with this many seeds (--train-seed, +1, ...) and render each row "
+                             "once per trained concept: the intervals then include the training's own spread")
     parser.add_argument("--train-backgrounds", choices=["black", "varied"], default="black",
                         help="the training images all on black, or on the prompts' backgrounds in turn (captioned)")
     parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images per concept")
@@ -244,7 +248,17 @@ def write_composites(path: Path, concept: dict, n: int = COMPOSITES, seed: int =
     return path
 
 
-def train_command(args, images: Path, concept: dict, flags: list[str], out: Path) -> list[str]:
+def seed_key(key: str, seed: int, args) -> str:
+    """A trained concept's key ("circle-token") for training seed `seed`: unchanged for --train-seed, so concepts
+    trained before --train-seeds existed are reused."""
+    return key if seed == args.train_seed else f"{key}-s{seed}"
+
+
+def train_seeds(args) -> list[int]:
+    return [args.train_seed + i for i in range(args.train_seeds)]
+
+
+def train_command(args, images: Path, concept: dict, flags: list[str], out: Path, seed: int) -> list[str]:
     """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
     from cdvideo.shapes.world import SIZE
 
@@ -261,13 +275,13 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         "--no-augment",
         "--instance-prompt", "a {token} {class_word} on a black background", "--spl-prompt", "a {token} {class_word}",
         "--initializer-token", concept["class_word"],
-        "--seed", str(args.train_seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
+        "--seed", str(seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
         "--device", args.device, *flags,
     ]
 
 
 def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dict[str, dict]:
-    """Train (or reuse) each (variant, concept) in `needed`, two at a time with one CPU thread each (two
+    """Train (or reuse) each (variant, concept) in `needed` with each training seed, two at a time with one CPU thread each (two
     processes with torch's default threads each would fight over the cores); returns per "concept-variant"
     its path, command and training seconds."""
     import os
@@ -275,16 +289,17 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
     from cdvideo.concept import load_concept
 
     records, pending = {}, []
-    for name, concept_key in dict.fromkeys(needed):
+    for (name, concept_key), seed in itertools.product(dict.fromkeys(needed), train_seeds(args)):
         concept = concept_of(concept_key)
         suffix = "" if args.train_backgrounds == "black" else f"-{args.train_backgrounds}"
         suffix += "" if args.train_images == TRAIN_IMAGES else f"-{args.train_images}"
         images = write_training_images(args.work / f"images-{concept_key.replace(':', '-')}{suffix}", concept, args.train_backgrounds,
                                        args.train_images)
-        out = args.work / "concepts" / f"{concept_key.replace(':', '-')}{suffix}-{name}.safetensors"
-        command = train_command(args, images, concept, TRAININGS[name], out)
+        key = seed_key(f"{concept_key}-{name}", seed, args)
+        stem = seed_key(f"{concept_key.replace(':', '-')}{suffix}-{name}", seed, args)
+        out = args.work / "concepts" / f"{stem}.safetensors"
+        command = train_command(args, images, concept, TRAININGS[name], out, seed)
         record = out.with_suffix(".command.json")
-        key = f"{concept_key}-{name}"
         records[key] = {"path": str(out), "command": shlex.join(["python", *command[1:]])}
         if (not args.retrain and out.is_file() and record.is_file()
                 and json.loads(record.read_text())["command"][1:] == command[1:]
@@ -346,18 +361,20 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
     tokens = [c["token"] for c in CONCEPTS.values()]
     results = []
     for name, row in rows.items():
-        paths = row.get("paths") or []
-        rendered = prompts if paths else [base_prompt(p, tokens) for p in prompts]
-        judged_as = dict(zip(rendered, prompts))
-        items = [(p, seed) for p in rendered for seed in range(args.seeds)]
         started = time.perf_counter()
-        for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
-                                             strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
-                                             concept_start=row.get("concept_start", 0.0),
-                                             concept_binding=row_binding(row),
-                                             concept_schedule=row_schedule(row)):
-            judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
-            results.append({"row": name, "rendered_prompt": settings.prompt, **judged.to_dict()})
+        # One pass per training seed (the base model's row: one pass, with its prompts' tokens taken out).
+        for train_seed, paths in (row.get("paths_by_seed") or {None: []}).items():
+            rendered = prompts if paths else [base_prompt(p, tokens) for p in prompts]
+            judged_as = dict(zip(rendered, prompts))
+            items = [(p, seed) for p in rendered for seed in range(args.seeds)]
+            for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
+                                                 strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
+                                                 concept_start=row.get("concept_start", 0.0),
+                                                 concept_binding=row_binding(row),
+                                                 concept_schedule=row_schedule(row)):
+                judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
+                results.append({"row": name, "train_seed": train_seed, "rendered_prompt": settings.prompt,
+                                **judged.to_dict()})
         mine = [r for r in results if r["row"] == name]
         print(f"[render] {name}: {len(mine)} clips in {time.perf_counter() - started:.0f} s; "
               + " ".join(f"{k} {_mean([r[k] for r in mine]):.3f}" for k in ("concept", "others", "motion", "everything")),
@@ -376,18 +393,42 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def bootstrap(values: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95 % percentile-bootstrap interval over clips."""
-    if len(values) == 0:
+def bootstrap(groups: list[np.ndarray], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95 % percentile-bootstrap interval over clips. With several groups (one per trained concept) the
+    bootstrap has two levels: groups drawn with replacement, then clips within each, so the interval holds the
+    training's spread as well as the sampling's."""
+    groups = [g for g in groups if len(g)]
+    if not groups:
         return (float("nan"),) * 3
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
+    means = np.empty(draws)
+    for d in range(draws):
+        chosen = [groups[i] for i in rng.integers(0, len(groups), len(groups))] if len(groups) > 1 else groups
+        means[d] = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in chosen]).mean()
+    values = np.concatenate(groups)
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def summarize(results: list[dict], rows: list[str]) -> dict[str, dict]:
-    return {row: {key: bootstrap(_values([r for r in results if r["row"] == row], key)) for key in JUDGED}
-            for row in rows}
+    def groups(row, key):
+        mine = [r for r in results if r["row"] == row]
+        return [_values([r for r in mine if r.get("train_seed") == s], key)
+                for s in dict.fromkeys(r.get("train_seed") for r in mine)]
+
+    return {row: {key: bootstrap(groups(row, key)) for key in JUDGED} for row in rows}
+
+
+def per_seed_lines(results: list[dict], rows: list[str]) -> str:
+    """Each row's concept and everything per training seed (when a row was trained with several)."""
+    lines = []
+    for row in rows:
+        mine = [r for r in results if r["row"] == row]
+        seeds = list(dict.fromkeys(r.get("train_seed") for r in mine))
+        if len(seeds) > 1:
+            parts = [f"{key} " + " / ".join(f"{_mean([r[key] for r in mine if r['train_seed'] == s]):.2f}" for s in seeds)
+                     for key in ("concept", "others", "motion", "everything")]
+            lines.append(f"- `{row}`, training seeds {', '.join(map(str, seeds))}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def table(summary: dict[str, dict]) -> str:
@@ -461,7 +502,9 @@ def main(argv=None) -> int:
         rows[name] = row
     trained = train_concepts(args, needed, fingerprint)
     for row in rows.values():
-        row["paths"] = [trained[key]["path"] for key in row.get("keys", [])]
+        if row.get("keys"):
+            row["paths_by_seed"] = {seed: [trained[seed_key(key, seed, args)]["path"] for key in row["keys"]]
+                                    for seed in train_seeds(args)}
 
     # 3. Render and judge.
     t = time.perf_counter()
@@ -482,7 +525,9 @@ def main(argv=None) -> int:
     markdown = (
         f"Model `{preset.name}`, concept `{'both' if two else args.concept}`; {len(prompts)} prompts (prompt seed "
         f"{args.prompt_seed}) x {args.seeds} seeds per row, {preset.steps} denoising steps, guidance "
-        f"{preset.guidance_scale}. Mean [95 % bootstrap interval] over clips.\n\n{text}\n\n"
+        f"{preset.guidance_scale}; {args.train_seeds} training seed(s) per trained row. Mean [95 % bootstrap "
+        f"interval] over clips (two levels with several training seeds: concepts, then clips).\n\n{text}\n\n"
+        + (per_seed_lines(results, list(rows)) + "\n\n" if args.train_seeds > 1 else "") +
         f"Prompts: " + "; ".join(f"`{p}`" for p in prompts) + "\n\n"
         f"Command: `{command}` ({wall_s:.0f} s on {renderer.device}; rendering and judging {render_s:.0f} s)\n\n"
         + "".join(f"Training ({name}, {t['seconds']:.0f} s): `{t['command']}`\n\n" for name, t in trained.items())

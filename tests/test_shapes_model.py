@@ -238,5 +238,23 @@ def test_personalization_prompts_are_world_captions_of_every_kind():
             assert not any(r.background in banned for r in requests)
             assert all(concept["token"] in p for p in prompts)
     values = np.array([0.0, 1.0] * 50)
-    mean, low, high = script.bootstrap(values)
+    mean, low, high = script.bootstrap([values])
     assert mean == 0.5 and 0.35 < low < 0.5 < high < 0.65
+    # Concepts of several training seeds that disagree: the two-level interval holds their spread, which the
+    # same clips pooled as one group hide.
+    spread = [np.array([0.2] * 48), np.array([0.45] * 48), np.array([0.42] * 48)]
+    two_level, pooled = script.bootstrap(spread), script.bootstrap([np.concatenate(spread)])
+    assert two_level[0] == pooled[0] and two_level[1] <= 0.21 and two_level[2] >= 0.44
+    assert pooled[2] - pooled[1] < (two_level[2] - two_level[1]) / 3
+
+
+def test_personalization_concepts_beyond_the_world_are_two_tone_circles_or_squares():
+    import argparse
+
+    script = load_script("shapes_personalization")
+    assert script.concept_of("circle:red:green") == dict(token="<new1>", class_word="circle", upper="red", lower="green")
+    assert script.concept_of("square")["token"] == "<new2>"
+    for bad, reason in [("hexagon:red:blue", "neither circle nor square"), ("circle:red:red", "neither"),
+                        ("triangle:white:blue", "quarter of its area"), ("circle:black:red", "black is the training")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            script.concept_of(bad)
