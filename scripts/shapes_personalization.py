@@ -83,6 +83,7 @@ ROWS = {
     # `cdvideo render --concept X` with no other flag: the concept trained with `cdvideo train`'s defaults (token)
     # and rendered with the model's defaults (the Shapes preset's concept_binding, region).
     "defaults": dict(training="token", render_defaults=True),
+    "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
     "token_step_cache": dict(training="token", step_cache=3),  # issue 19's step caching with a concept
@@ -369,6 +370,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
             items = [(p, seed) for p in rendered for seed in range(args.seeds)]
             for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
                                                  strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
+                                                 guidance_scale=row.get("guidance_scale"),
                                                  concept_start=row.get("concept_start", 0.0),
                                                  concept_binding=row_binding(row),
                                                  concept_schedule=row_schedule(row)):

@@ -380,13 +380,13 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
-                loss_mask, target = masks, target[:n]
+                loss_mask, instance_target = masks, target[:n]
                 if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
                     subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1]).to(device)
                     loss_mask = loss_mask.to(device) * (subject + config.background_loss_weight * (1 - subject))
                     if config.background_target == "base":  # the background compared with the base model's prediction
-                        target = subject * target + (1 - subject) * base  # the mask is 0/1: each pixel has one target
-                diffusion = masked_diffusion_loss(prediction[:n], target, loss_mask.to(device))
+                        instance_target = subject * instance_target + (1 - subject) * base  # a 0/1 mask: one target a pixel
+                diffusion = masked_diffusion_loss(prediction[:n], instance_target, loss_mask.to(device))
                 attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)),
                                            batch["subjects"][mine[:n]], [batch["concepts"][i] for i in mine[:n]]) \
                     if config.attention_loss_weight > 0 else torch.zeros((), device=device)
