@@ -125,6 +125,11 @@ def concept_of(key: str) -> dict:
     return dict(token="<new1>", class_word=parts[0], upper=parts[1], lower=parts[2])
 
 
+def file_key(key: str) -> str:
+    """A concept key as file names take it ("circle:red:green" -> "circle-red-green")."""
+    return key.replace(":", "-")
+
+
 def _concept_key(key: str) -> str:
     concept_of(key)  # argparse's check: a bad concept is a one-line usage error
     return key
@@ -162,8 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "seeds", "batch", "prompts", "train_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    args.json = args.json or args.work / f"results-{args.concept.replace(':', '-')}.json"
-    args.markdown = args.markdown or args.work / f"results-{args.concept.replace(':', '-')}.md"
+    args.json = args.json or args.work / f"results-{file_key(args.concept)}.json"
+    args.markdown = args.markdown or args.work / f"results-{file_key(args.concept)}.md"
     return args
 
 
@@ -282,9 +287,9 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
 
 
 def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dict[str, dict]:
-    """Train (or reuse) each (variant, concept) in `needed` with each training seed, two at a time with one CPU thread each (two
-    processes with torch's default threads each would fight over the cores); returns per "concept-variant"
-    its path, command and training seconds."""
+    """Train (or reuse) each (variant, concept) in `needed` with each training seed, two at a time with one CPU
+    thread each (two processes with torch's default threads each would fight over the cores); returns per
+    "concept-variant" (seed_key's) its path, command and training seconds."""
     import os
 
     from cdvideo.concept import load_concept
@@ -294,10 +299,10 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
         concept = concept_of(concept_key)
         suffix = "" if args.train_backgrounds == "black" else f"-{args.train_backgrounds}"
         suffix += "" if args.train_images == TRAIN_IMAGES else f"-{args.train_images}"
-        images = write_training_images(args.work / f"images-{concept_key.replace(':', '-')}{suffix}", concept, args.train_backgrounds,
-                                       args.train_images)
+        images = write_training_images(args.work / f"images-{file_key(concept_key)}{suffix}", concept,
+                                       args.train_backgrounds, args.train_images)
         key = seed_key(f"{concept_key}-{name}", seed, args)
-        stem = seed_key(f"{concept_key.replace(':', '-')}{suffix}-{name}", seed, args)
+        stem = seed_key(f"{file_key(concept_key)}{suffix}-{name}", seed, args)
         out = args.work / "concepts" / f"{stem}.safetensors"
         command = train_command(args, images, concept, TRAININGS[name], out, seed)
         record = out.with_suffix(".command.json")
@@ -421,7 +426,7 @@ def summarize(results: list[dict], rows: list[str]) -> dict[str, dict]:
 
 
 def per_seed_lines(results: list[dict], rows: list[str]) -> str:
-    """Each row's concept and everything per training seed (when a row was trained with several)."""
+    """Each row's four main measures per training seed (for rows trained with several)."""
     lines = []
     for row in rows:
         mine = [r for r in results if r["row"] == row]
