@@ -57,6 +57,8 @@ TRAININGS = {
     # The masked loss with the background compared with the base model's prediction (the caption without the token).
     "token_subject_base": ["--binding", "token", "--loss-on-subject", "--background-loss-weight", "1",
                            "--background-target", "base"],
+    # Video-aware training (issue 16, scope 5): each photo a still clip of 8 frames through the motion module.
+    "token_video": ["--binding", "token", "--frames", "8"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -83,6 +85,7 @@ ROWS = {
     # `cdvideo render --concept X` with no other flag: the concept trained with `cdvideo train`'s defaults (token)
     # and rendered with the model's defaults (the Shapes preset's concept_binding, region).
     "defaults": dict(training="token", render_defaults=True),
+    "video_defaults": dict(training="token_video", render_defaults=True),  # video-aware training, rendered as shipped
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),

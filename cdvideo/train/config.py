@@ -95,6 +95,11 @@ class TrainConfig:
     # trains with its caption (e.g. "a {token} {class_word} and a cat on a sofa"). The concept so learns to
     # share a scene with other things, which its few photos never show. Each line adds one training example.
     composites: str = ""
+    # Video-aware training: each training image is a still clip of this many frames (the photo repeated) that
+    # the model denoises through its motion module, as renders do, instead of a single image through the 2D
+    # UNet. The concept so learns its change in the features the motion module shapes. 1: single images
+    # (the paper). The noise is drawn per frame; a step costs about `frames` times a single image's.
+    frames: int = 1
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -190,6 +195,14 @@ class TrainConfig:
         if self.background_target == "base" and self.binding == "merged":
             raise ConfigError("background_target base needs the base model for a caption without the token, which "
                               "merged training changes too: pass --binding token (or another bound binding)")
+        if self.frames < 1:
+            raise ConfigError(f"frames must be at least 1 (1: single images, the paper), got {self.frames}")
+        if self.frames > 1 and self.attention_loss_weight > 0:
+            raise ConfigError("attention_loss_weight compares single images' attention maps with their masks: "
+                              "drop --attention-loss-weight or use --frames 1")
+        if self.frames > 1 and self.keep == "best":
+            raise ConfigError("keep best scores checkpoints on single images, which --frames does not train: "
+                              "use --keep last (or all) with --frames")
         if self.holdout < 0:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

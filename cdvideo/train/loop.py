@@ -92,7 +92,15 @@ def base_prediction(unet, text_encoder, tokenizer, tokens: list[str], prompts: l
     trained change acts only at the token and the new embedding rows are not used."""
     plain = [" ".join(w for w in p.split() if w not in tokens) for p in prompts]
     hidden = text_encoder(_tokenize(tokenizer, plain, device))[0]
-    return unet(noisy, timesteps, hidden).sample.float()
+    return predict(unet, noisy, timesteps, hidden).float()
+
+
+def predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The UNet's prediction for images (b, c, h, w) or, through the motion UNet, clips (b, c, f, h, w), whose text
+    states go once per frame (as AnimateDiffPipeline repeats them)."""
+    if noisy.ndim == 5:
+        hidden = hidden.repeat_interleave(noisy.shape[2], dim=0)
+    return unet(noisy, timesteps, hidden).sample
 
 
 def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
@@ -150,7 +158,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                     "checkpoints are scored on training images")
     if config.device != "auto":
         resolve_device(config.device)
-    check_available(preset, base_only=not config.validation_video)
+    check_available(preset, base_only=not (config.validation_video or config.frames > 1))
     resume_from = None
     if config.resume:
         found = ckpt.list_checkpoints(output_dir)
@@ -198,6 +206,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     if len(tokenizer) != table.num_embeddings:
         raise ConfigError(f"tokenizer ({len(tokenizer)}) and text encoder ({table.num_embeddings}) sizes differ")
     base_fingerprint = fingerprint_unet(unet)
+    if config.frames > 1:  # video-aware: train through the motion module, which stays frozen
+        unet = with_motion_module(preset, unet)
     # Loss masks live at latent resolution: SD's VAE downsamples by 8, smaller models (Shapes: 4) by less.
     latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -354,7 +364,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             all_pixels, all_prompts = torch.cat([all_pixels, prior["pixels"]]), all_prompts + prior["prompts"]
         shape = (len(all_prompts), vae.config.latent_channels, size // latent_factor, size // latent_factor)
         all_draws = torch.randn(shape, generator=generator, dtype=vae.dtype)  # the VAE posterior's sample
-        all_noise = torch.randn(shape, generator=generator)
+        # Video-aware training: noise per frame of the still clip (b, c, frames, h, w).
+        all_noise = torch.randn(shape if config.frames == 1 else (*shape[:2], config.frames, *shape[2:]), generator=generator)
         all_timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, shape[:1], generator=generator)
         for micro in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
@@ -365,6 +376,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                     posterior = vae.encode(all_pixels[mine].to(device, vae.dtype)).latent_dist
                     latents = posterior.mean + posterior.std * all_draws[mine].to(device)
                     latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8)
+                    if config.frames > 1:  # the photo as a still clip: (b, 4, frames, s/8, s/8)
+                        latents = latents.unsqueeze(2).expand(-1, -1, config.frames, -1, -1)
                 noise, timesteps = all_noise[mine].to(device), all_timesteps[mine].to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 # One text-encoder pass for the prompts and the SPL phrases (DDP allows one forward per step).
@@ -377,7 +390,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                                            tokenizer, tokens, prompts[:n], noisy[:n], timesteps[:n], device)
                 if config.attention_loss_weight > 0:  # forget maps a checkpointed backward recorded again
                     take_attention_maps(accelerator.unwrap_model(unet))
-                prediction = unet(noisy, timesteps, hidden[: len(prompts)]).sample
+                prediction = predict(unet, noisy, timesteps, hidden[: len(prompts)])
                 target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
                     noise_scheduler.get_velocity(latents, noise, timesteps)
                 loss_mask, instance_target = masks, target[:n]
@@ -385,8 +398,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                     subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1]).to(device)
                     loss_mask = loss_mask.to(device) * (subject + config.background_loss_weight * (1 - subject))
                     if config.background_target == "base":  # the background compared with the base model's prediction
+                        subject = per_frame(subject, base)
                         instance_target = subject * instance_target + (1 - subject) * base  # a 0/1 mask: one target a pixel
-                diffusion = masked_diffusion_loss(prediction[:n], instance_target, loss_mask.to(device))
+                diffusion = masked_diffusion_loss(prediction[:n], instance_target, per_frame(loss_mask.to(device), prediction))
                 attention = attention_loss(take_attention_maps(accelerator.unwrap_model(unet)),
                                            batch["subjects"][mine[:n]], [batch["concepts"][i] for i in mine[:n]]) \
                     if config.attention_loss_weight > 0 else torch.zeros((), device=device)
@@ -475,7 +489,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         training={
             "steps": result.step, "learning_rate": learning_rate, "batch_size": config.batch_size,
             "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
-            "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token, "resolution": size, "seed": config.seed,
+            "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token,
+            "frames": config.frames, "resolution": size, "seed": config.seed,
             "images": [len(g) for g in instance_images], "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
@@ -495,6 +510,20 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def with_motion_module(preset, unet: nn.Module) -> nn.Module:
+    """The motion UNet a render uses (the preset's motion adapter around `unet`'s own tensors), frozen: video-aware
+    training denoises still clips through it, so the trained change is learned in the features renders see."""
+    from cdvideo.models import load_motion_adapter, locate, motion_unet
+
+    adapter = load_motion_adapter(locate(preset).adapter, dtype=unet.dtype)
+    return motion_unet(unet, adapter).requires_grad_(False).to(unet.device)
+
+
+def per_frame(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-image mask (b, 1, h, w) for `like`: the same, or over every frame of a clip (b, 1, f, h, w)."""
+    return mask if like.ndim == mask.ndim else mask.unsqueeze(2).expand(-1, -1, like.shape[2], -1, -1)
 
 
 def stop_start_token_gradient(unet: nn.Module, names: list[str]):

@@ -9,14 +9,16 @@ import torch.nn.functional as F
 def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Implements Custom Diffusion's masked noise-prediction MSE (Kumari et al., 2023), per valid latent pixel.
 
-    prediction, target: (b, c, h, w); mask: (b, 1, h, w), 1 where the rescaled image is.
-    Each example's squared error is summed over channels and averaged over its valid pixels, then over
-    the batch: as diffusers' train_custom_diffusion.py and ClassDiffusion's code compute it (c = 4 times
-    a per-value mean), which sets the scale that the SPL weight and the grad-norm clip act against.
+    prediction, target: (b, c, h, w), or clips (b, c, f, h, w); mask: (b, 1, h, w) (clips: (b, 1, f, h, w)),
+    1 where the rescaled image is. Each example's squared error is summed over channels and averaged over its
+    valid pixels (and frames), then over the batch: as diffusers' train_custom_diffusion.py and ClassDiffusion's
+    code compute it (c = 4 times a per-value mean), which sets the scale that the SPL weight and the grad-norm
+    clip act against.
     """
-    error = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (b, c, h, w)
-    mask = mask.to(error.dtype)  # (b, 1, h, w): the channel sum stays in the numerator only
-    return ((error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)).mean()
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (b, c, [f,] h, w)
+    mask = mask.to(error.dtype)  # (b, 1, [f,] h, w): the channel sum stays in the numerator only
+    dims = tuple(range(1, error.ndim))
+    return ((error * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)).mean()
 
 
 def eos_positions(input_ids: torch.Tensor, eos_token_id: int, pooling: str = "eos") -> torch.Tensor:

@@ -34,12 +34,14 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
                             vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """Estimated peak memory of a training step: RSS on the CPU, allocated memory on CUDA.
 
-    counts: parameters per component (the motion adapter, not loaded for training, is left out);
-    rows: images in one micro-batch (batch_size, x2 with prior preservation); trained: trained values.
+    counts: parameters per component (the motion adapter counts only when present: training loads it for frames > 1);
+    rows: images in one micro-batch (batch_size, x2 with prior preservation, x frames for still clips); trained:
+    trained values. Video-aware training (frames > 1) passes counts with "motion_adapter"; its activations are
+    counted as frames x images (the motion modules' own share was not measured).
     """
     half = mixed_precision in ("fp16", "bf16")
     cuda = str(device).startswith("cuda")
-    weights = 4 * (counts["unet"] + counts["text_encoder"]) + (2 if half else 4) * counts["vae"]
+    weights = 4 * (counts["unet"] + counts["text_encoder"] + counts.get("motion_adapter", 0)) + (2 if half else 4) * counts["vae"]
     state = TRAINED_STATE_BYTES * trained
     pixels = resolution * resolution * (CALIBRATED_VAE_FACTOR / vae_factor) ** 2
     scale = 0.5 if half else 1.0  # autocast keeps activations in 16 bits (not measured)
@@ -51,7 +53,9 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
 
 def estimate_for_config(config, counts: dict[str, int], device: str, vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """estimate_training_bytes for one process of a TrainConfig (its resolution already resolved)."""
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1)
+    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * config.frames  # a still clip: frames images
+    if config.frames == 1:  # the motion adapter is loaded only to train through it
+        counts = {k: v for k, v in counts.items() if k != "motion_adapter"}
     return estimate_training_bytes(counts, device, config.resolution, rows, int(TRAINED_SHARE[config.train] * counts["unet"]),
                                    config.gradient_checkpointing, config.mixed_precision, vae_factor)
 
@@ -63,7 +67,7 @@ def check_training_memory(config, files, device: str, processes: int = 1) -> str
     counts = parameter_counts(files)
     if counts is None:
         return None
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1)
+    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * config.frames  # a still clip: frames images
 
     cuda = str(device).startswith("cuda")
     sharing = 1 if cuda else processes
