@@ -2,8 +2,9 @@
 
 A concept is a two-tone shape the base world never shows (`circle`: yellow above, blue below, as
 `<new1> circle`; `square`: red above, white below, as `<new2> square`, which nothing was tuned on),
-learned from 5 images on black by `cdvideo train` with the shipped defaults and per row only the
-flags that row names. Each row renders the same compositional prompts (other backgrounds, sizes,
+learned from 5 images on black by `cdvideo train` with the shipped defaults (on Shapes since session 11: each
+photo a still clip of 8 frames through the motion module) and per row only the flags that row names (variants
+that name no --frames train on single images, as they did when they were measured). Each row renders the same compositional prompts (other backgrounds, sizes,
 a second object, each motion) for the same seeds, and the pixel judge reads every clip back:
 
     concept     share of frames showing the concept (its shape in both its colours)
@@ -82,10 +83,12 @@ ROWS = {
     "token_composites_attention": dict(training="token_composites_attention"),
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
-    # `cdvideo render --concept X` with no other flag: the concept trained with `cdvideo train`'s defaults (token)
-    # and rendered with the model's defaults (the Shapes preset's concept_binding, region).
-    "defaults": dict(training="token", render_defaults=True),
-    "video_defaults": dict(training="token_video", render_defaults=True),  # video-aware training, rendered as shipped
+    # `cdvideo render --concept X` with no other flag (the Shapes preset's concept_binding, region) for the concept
+    # that the documented training command trains with no variant flag (on Shapes: token-bound, still clips of 8
+    # frames). Until session 10 `defaults` trained on single images: that row is now `defaults_images`.
+    "defaults": dict(training="token_video", render_defaults=True),
+    "video_defaults": dict(training="token_video", render_defaults=True),  # session 11's name for the same row
+    "defaults_images": dict(training="token", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
@@ -286,6 +289,9 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         "--initializer-token", concept["class_word"],
         "--seed", str(seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
         "--device", args.device, *flags,
+        # Variants that name no --frames train on single images, as they did before the Shapes model's default
+        # became still clips (session 11), so their concept files and tables keep their meaning.
+        *([] if "--frames" in flags else ["--frames", "1"]),
     ]
 
 
@@ -311,7 +317,7 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
         record = out.with_suffix(".command.json")
         records[key] = {"path": str(out), "command": shlex.join(["python", *command[1:]])}
         if (not args.retrain and out.is_file() and record.is_file()
-                and json.loads(record.read_text())["command"][1:] == command[1:]
+                and same_training(json.loads(record.read_text())["command"], command)
                 and load_concept(out).base_fingerprint == fingerprint):
             print(f"[train] {key}: reusing {out}", flush=True)
             records[key]["seconds"] = json.loads(record.read_text())["seconds"]
@@ -333,6 +339,13 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
             records[key]["seconds"] = seconds
             print(f"[train] {key}: done in {seconds:.0f} s", flush=True)
     return records
+
+
+def same_training(recorded: list[str], command: list[str]) -> bool:
+    """Whether a concept trained by `recorded` is what `command` would train (the interpreter aside). Commands
+    recorded before `--frames` existed trained single images, which `--frames 1` now says."""
+    recorded, command = recorded[1:], command[1:]
+    return recorded == command or (command[-2:] == ["--frames", "1"] and recorded == command[:-2])
 
 
 def base_prompt(prompt: str, tokens: list[str]) -> str:
@@ -552,9 +565,9 @@ def main(argv=None) -> int:
                        "summary": json_summary, "clips": results, "wall_s": round(wall_s, 1)}, args.json)
     print(f"wrote {args.json} and {args.markdown} ({wall_s:.0f} s)")
     if args.example_out:
-        source = trained.get(f"{args.concept}-token")
+        source = trained.get(f"{args.concept}-token_video")
         if source is None:
-            sys.exit("error: --example-out needs the 'token' row (the default training)")
+            sys.exit("error: --example-out needs the 'defaults' row (the default training)")
         args.example_out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source["path"], args.example_out)
         print(f"concept trained with the defaults copied to {args.example_out}")

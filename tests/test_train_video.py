@@ -76,8 +76,8 @@ def test_frames_refuse_what_they_cannot_do_in_one_line_before_loading(tmp_path, 
     monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
     images = make_images(tmp_path / "dog")
     out = tmp_path / "x.safetensors"
-    with pytest.raises(ConfigError, match="frames must be at least 1"):
-        tiny_config(images, out, frames=0).check()
+    with pytest.raises(ConfigError, match="frames must be 1 or more"):
+        tiny_config(images, out, frames=-1).check()
     with pytest.raises(ConfigError, match="attention_loss_weight compares single images"):
         tiny_config(images, out, frames=4, attention_loss_weight=0.01).check()
     code = main(["train", "--images", str(images), "--class-word", "dog", "--out", str(out), "--model", "tiny",
@@ -91,8 +91,34 @@ def test_the_memory_estimate_counts_every_frame_and_the_motion_adapter():
     from cdvideo.train.memory import estimate_for_config
 
     counts = {"unet": 1_000_000, "text_encoder": 100_000, "vae": 100_000, "motion_adapter": 500_000}
-    config = tiny_config("unused", "x.safetensors", resolution=64)
+    config = tiny_config("unused", "x.safetensors", resolution=64, frames=1)
     one, eight = estimate_for_config(config, counts, "cpu"), estimate_for_config(tiny_config(
         "unused", "x.safetensors", resolution=64, frames=8), counts, "cpu")
     assert eight - one > 4 * 500_000  # the adapter's weights, and seven more frames of activations
     assert estimate_for_config(config, {k: v for k, v in counts.items() if k != "motion_adapter"}, "cpu") == one
+
+
+def test_a_model_may_train_on_still_clips_by_default(dog_images, tmp_path):
+    """`train_frames` in a model's preset (Shapes: 8) is what a run without --frames uses; --frames 1 overrides it,
+    and an option that needs single images falls back to them with one warning."""
+    from cdvideo.concept import load_concept
+    from cdvideo.models import presets_dir
+
+    model = tmp_path / "tiny-clips.yaml"
+    model.write_text((presets_dir() / "tiny.yaml").read_text() + "\ntrain_frames: 3\n")
+    by_model = load_concept(train(tiny_config(dog_images, tmp_path / "a.safetensors", model=str(model)),
+                                  progress=False).concept)
+    assert by_model.training["frames"] == 3
+    assert load_concept(train(tiny_config(dog_images, tmp_path / "b.safetensors", model=str(model), frames=1),
+                              progress=False).concept).training["frames"] == 1
+    assert load_concept(train(tiny_config(dog_images, tmp_path / "c.safetensors"), progress=False).concept
+                        ).training["frames"] == 1  # the tiny preset says nothing: single images
+    with pytest.warns(UserWarning, match=r"--keep best needs single images.*--frames 1"):
+        result = train(tiny_config(dog_images, tmp_path / "d.safetensors", model=str(model), keep="best",
+                                   checkpoint_every=1, score="heldout_loss"), progress=False)
+    assert load_concept(result.concept).training["frames"] == 1
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((presets_dir() / "tiny.yaml").read_text() + "\ntrain_frames: -2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train_frames must be 0 or more"):
+        train(tiny_config(dog_images, tmp_path / "e.safetensors", model=str(bad)), progress=False)

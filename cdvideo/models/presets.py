@@ -72,6 +72,10 @@ class ModelPreset:
     # that names no --concept-binding (cdvideo.binding); empty: as trained. Shapes measures "region"
     # (docs/personalization.md); several concepts at once render as trained.
     concept_binding: str = ""
+    # Video-aware training: the frames of the still clips `cdvideo train` denoises through the motion module when
+    # --frames is not given; 0 (or 1): single images through the 2D UNet, the paper's way. Shapes measures 8
+    # (docs/personalization.md, session 11); SD 1.5 presets keep single images (a clip costs frames x an image).
+    train_frames: int = 0
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8
@@ -130,6 +134,8 @@ def _known_scheduler(preset: ModelPreset, source: Path) -> ModelPreset:
         parse_schedule(preset.concept_schedule, f"{source}: concept_schedule")
     if preset.concept_binding:
         check_binding(preset.concept_binding, f"{source}: concept_binding")
+    if preset.train_frames < 0:
+        raise ConfigError(f"{source}: train_frames must be 0 or more (0 or 1: single images), got {preset.train_frames}")
     return preset
 
 

@@ -98,8 +98,9 @@ class TrainConfig:
     # Video-aware training: each training image is a still clip of this many frames (the photo repeated) that
     # the model denoises through its motion module, as renders do, instead of a single image through the 2D
     # UNet. The concept so learns its change in the features the motion module shapes. 1: single images
-    # (the paper). The noise is drawn per frame; a step costs about `frames` times a single image's.
-    frames: int = 1
+    # (the paper); 0: the model preset's `train_frames` (Shapes: 8; SD 1.5: single images). The noise is drawn
+    # per frame; a step costs about `frames` times a single image's.
+    frames: int = 0
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -195,8 +196,8 @@ class TrainConfig:
         if self.background_target == "base" and self.binding == "merged":
             raise ConfigError("background_target base needs the base model for a caption without the token, which "
                               "merged training changes too: pass --binding token (or another bound binding)")
-        if self.frames < 1:
-            raise ConfigError(f"frames must be at least 1 (1: single images, the paper), got {self.frames}")
+        if self.frames < 0:
+            raise ConfigError(f"frames must be 1 or more (1: single images, the paper; 0: the model's choice), got {self.frames}")
         if self.frames > 1 and self.attention_loss_weight > 0:
             raise ConfigError("attention_loss_weight compares single images' attention maps with their masks: "
                               "drop --attention-loss-weight or use --frames 1")

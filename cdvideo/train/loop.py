@@ -122,16 +122,18 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     # 1. Check inputs: settings, image folders and the model's availability, before anything loads.
     config.check()
     preset = load_preset(config.model)
-    config = dataclasses.replace(config, resolution=config.resolution or preset.height)
-    out = Path(config.out)
-    output_dir = Path(config.output_dir or out.with_name(out.stem + "-train"))
-    config.output_dir = str(output_dir)
-    size, tokens = config.resolution, config.tokens()
     messages: list[str] = []
 
     def say(message: str) -> None:
         messages.append(message)
         warnings.warn(message, stacklevel=3)
+
+    config = dataclasses.replace(config, resolution=config.resolution or preset.height,
+                                 frames=config.frames or _model_frames(preset, config, say))
+    out = Path(config.out)
+    output_dir = Path(config.output_dir or out.with_name(out.stem + "-train"))
+    config.output_dir = str(output_dir)
+    size, tokens = config.resolution, config.tokens()
 
     instance_images, instance_captions, instance_subjects = [], [], []
     uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0 or bool(config.composites)
@@ -510,6 +512,18 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def _model_frames(preset, config: TrainConfig, say) -> int:
+    """The frames a run without --frames trains with: the model preset's `train_frames`, unless an option that needs
+    single images is on (then single images, said once)."""
+    frames = max(preset.train_frames, 1)
+    if frames > 1 and (config.attention_loss_weight > 0 or config.keep == "best"):
+        option = "--attention-loss-weight" if config.attention_loss_weight > 0 else "--keep best"
+        say(f"the model trains on still clips of {frames} frames by default; {option} needs single images, so this "
+            "run trains on single images (--frames 1)")
+        return 1
+    return frames
 
 
 def with_motion_module(preset, unet: nn.Module) -> nn.Module:

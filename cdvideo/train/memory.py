@@ -53,8 +53,8 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
 
 def estimate_for_config(config, counts: dict[str, int], device: str, vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """estimate_training_bytes for one process of a TrainConfig (its resolution already resolved)."""
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * config.frames  # a still clip: frames images
-    if config.frames == 1:  # the motion adapter is loaded only to train through it
+    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)  # a still clip: frames images
+    if config.frames <= 1:  # the motion adapter is loaded only to train through it
         counts = {k: v for k, v in counts.items() if k != "motion_adapter"}
     return estimate_training_bytes(counts, device, config.resolution, rows, int(TRAINED_SHARE[config.train] * counts["unet"]),
                                    config.gradient_checkpointing, config.mixed_precision, vae_factor)
@@ -67,7 +67,7 @@ def check_training_memory(config, files, device: str, processes: int = 1) -> str
     counts = parameter_counts(files)
     if counts is None:
         return None
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * config.frames  # a still clip: frames images
+    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)  # a still clip: frames images
 
     cuda = str(device).startswith("cuda")
     sharing = 1 if cuda else processes
