@@ -34,10 +34,8 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
                             vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """Estimated peak memory of a training step: RSS on the CPU, allocated memory on CUDA.
 
-    counts: parameters per component (the motion adapter counts only when present: training loads it for frames > 1);
-    rows: images in one micro-batch (batch_size, x2 with prior preservation, x frames for still clips); trained:
-    trained values. Video-aware training (frames > 1) passes counts with "motion_adapter"; its activations are
-    counted as frames x images (the motion modules' own share was not measured).
+    counts: parameters per component ("motion_adapter" only when training loads it: frames > 1); rows: images in
+    one micro-batch (`training_rows`); trained: trained values.
     """
     half = mixed_precision in ("fp16", "bf16")
     cuda = str(device).startswith("cuda")
@@ -51,9 +49,15 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
     return int(weights + state + activations + overhead)
 
 
+def training_rows(config) -> int:
+    """Images in one micro-batch: batch_size, x2 with prior preservation, x frames for still clips (their motion
+    modules' own share of the activations was not measured)."""
+    return config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)
+
+
 def estimate_for_config(config, counts: dict[str, int], device: str, vae_factor: int = CALIBRATED_VAE_FACTOR) -> int:
     """estimate_training_bytes for one process of a TrainConfig (its resolution already resolved)."""
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)  # a still clip: frames images
+    rows = training_rows(config)
     if config.frames <= 1:  # the motion adapter is loaded only to train through it
         counts = {k: v for k, v in counts.items() if k != "motion_adapter"}
     return estimate_training_bytes(counts, device, config.resolution, rows, int(TRAINED_SHARE[config.train] * counts["unet"]),
@@ -67,7 +71,7 @@ def check_training_memory(config, files, device: str, processes: int = 1) -> str
     counts = parameter_counts(files)
     if counts is None:
         return None
-    rows = config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)  # a still clip: frames images
+    rows = training_rows(config)
 
     cuda = str(device).startswith("cuda")
     sharing = 1 if cuda else processes
