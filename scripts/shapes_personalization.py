@@ -60,10 +60,15 @@ TRAININGS = {
                            "--background-target", "base"],
     # Video-aware training (issue 16, scope 5): each photo a still clip of 8 frames through the motion module.
     "token_video": ["--binding", "token", "--frames", "8"],
+    "token_video_subject": ["--binding", "token", "--frames", "8", "--loss-on-subject"],  # and the masked loss
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
     "base": dict(training=None),
+    # The ceiling: the base model drawing a subject it knows (a plain shape of the concept's upper colour) in the
+    # same prompts, judged as the concept would be, so "others", motion and "everything" say what these prompts
+    # allow at best; no concept can keep more of the prompt than the model draws around a word it knows.
+    "plain": dict(training=None, plain=True),
     "custom_diffusion": dict(training="custom_diffusion"),
     "classdiffusion": dict(training="classdiffusion"),
     "classdiffusion_start": dict(training="classdiffusion", concept_start=0.24),
@@ -89,6 +94,7 @@ ROWS = {
     "defaults": dict(training="token_video", render_defaults=True),
     "video_defaults": dict(training="token_video", render_defaults=True),  # session 11's name for the same row
     "defaults_images": dict(training="token", render_defaults=True),
+    "video_subject": dict(training="token_video_subject", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
@@ -355,6 +361,16 @@ def base_prompt(prompt: str, tokens: list[str]) -> str:
     return prompt
 
 
+def plain_prompt(prompt: str, tokens: list[str], colours: tuple[str, str]) -> str:
+    """The `plain` row's prompt: the concept token replaced by the concept's upper colour ("a <new1> circle" ->
+    "a yellow circle"), a subject the base model knows, judged as one colour (upper, upper)."""
+    if not isinstance(colours, tuple):
+        raise SystemExit("the plain row measures one concept; it cannot run with two_concepts / two_region")
+    for token in tokens:
+        prompt = prompt.replace(token + " ", colours[0] + " ")
+    return prompt
+
+
 def row_schedule(row: dict) -> str | None:
     """The row's concept schedule: its own; None for a row of the model's render defaults (the preset's schedule);
     else full strength throughout ("0:1"), so that rows measure what they name whatever the preset says."""
@@ -386,8 +402,12 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
         started = time.perf_counter()
         # One pass per training seed (the base model's row: one pass, with its prompts' tokens taken out).
         for train_seed, paths in (row.get("paths_by_seed") or {None: []}).items():
-            rendered = prompts if paths else [base_prompt(p, tokens) for p in prompts]
+            if row.get("plain"):
+                rendered = [plain_prompt(p, tokens, colours) for p in prompts]
+            else:
+                rendered = prompts if paths else [base_prompt(p, tokens) for p in prompts]
             judged_as = dict(zip(rendered, prompts))
+            judged_colours = (colours[0], colours[0]) if row.get("plain") else colours
             items = [(p, seed) for p in rendered for seed in range(args.seeds)]
             for settings, frames in render_clips(items, renderer, concept=paths, batch_size=args.batch,
                                                  strength=row.get("strength", 1.0), step_cache=row.get("step_cache", 0),
@@ -395,7 +415,7 @@ def judge_rows(args, renderer, rows: dict[str, dict], prompts: list[str], colour
                                                  concept_start=row.get("concept_start", 0.0),
                                                  concept_binding=row_binding(row),
                                                  concept_schedule=row_schedule(row)):
-                judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=colours)
+                judged = judge_concept_clip(frames, judged_as[settings.prompt], settings.seed, concept=judged_colours)
                 results.append({"row": name, "train_seed": train_seed, "rendered_prompt": settings.prompt,
                                 **judged.to_dict()})
         mine = [r for r in results if r["row"] == name]
