@@ -18,6 +18,8 @@ variants --repeats times, so a busy machine slows them alike:
   classdiffusion  cdvideo's defaults: SPL 1, token binding
   resume          (cdvideo) stopped after half the steps, then --resume'd in a fresh process: its losses
                   after the resume against (cdvideo)'s
+  frames          (classdiffusion) on still clips of --frames frames (8) through the model's frozen motion
+                  module (`cdvideo train --frames`): what video-aware training costs at real size
 
 Per variant: seconds per step (median over the steps after the first, which is warm-up, and over
 repeats), peak RSS of the process (CUDA max allocated on a GPU), cdvideo's own peak-memory estimate
@@ -52,6 +54,7 @@ VARIANTS = {
     "two": "(cdvideo) with two concepts",
     "classdiffusion": "cdvideo defaults (SPL 1, --binding token)",
     "resume": "(cdvideo) stopped at half the steps, --resume'd",
+    "frames": "cdvideo defaults on still clips through the motion module (--frames, 8 unless --frames says)",
 }
 VOCAB_SIZE = 49408  # SD 1.5's tokenizer
 # One token in the tiny vocabulary: the recipe refuses an initializer of several pieces ("ktn" is 3 here).
@@ -77,8 +80,12 @@ def cdvideo_config(args, variant: str, work: Path, steps: int | None = None, res
         settings.update(batch_size=args.batch // 2, gradient_accumulation_steps=2)
     if variant == "prior":
         settings["with_prior_preservation"] = True
-    if variant == "classdiffusion":
+    if variant in ("classdiffusion", "frames"):
         settings.update(spl_weight=1.0, binding="token")
+    if variant == "frames":  # each photo a still clip of args.frames frames; the others train single images
+        settings["frames"] = args.frames
+    else:
+        settings["frames"] = 1
     if variant == "resume":
         settings["checkpoint_every"] = args.steps // 2
     return TrainConfig(**settings)
@@ -225,7 +232,7 @@ def run_child(args, variant: str, work: Path, resumed: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--work", str(work), "--model", str(args.model_dir),
                "--images", str(args.images), "--class-images", str(args.class_images), "--size", str(args.size),
                "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
-               "--threads", str(args.threads)] + (["--resumed"] if resumed else [])
+               "--threads", str(args.threads), "--frames", str(args.frames)] + (["--resumed"] if resumed else [])
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -254,6 +261,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=8, help="frames per still clip of the frames variant")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0) or 1))
     parser.add_argument("--variants", default="plain,cdvideo,checkpointing,accumulation,prior,two,classdiffusion,resume")
     parser.add_argument("--model-dir", type=Path, default=None, help="where the real-size model is built once")

@@ -96,6 +96,13 @@ def test_the_memory_estimate_counts_every_frame_and_the_motion_adapter():
         "unused", "x.safetensors", resolution=64, frames=8), counts, "cpu")
     assert eight - one > 4 * 500_000  # the adapter's weights, and seven more frames of activations
     assert estimate_for_config(config, {k: v for k, v in counts.items() if k != "motion_adapter"}, "cpu") == one
+    # The motion modules' own activations count too: more than 8 single-image rows and the adapter's weights.
+    from cdvideo.train.memory import TRAINED_SHARE, estimate_training_bytes
+
+    without_motion = {k: v for k, v in counts.items() if k != "motion_adapter"}
+    trained = int(TRAINED_SHARE[config.train] * counts["unet"])
+    rows_only = estimate_training_bytes(without_motion, "cpu", 64, 8 * config.batch_size, trained) + 4 * 500_000
+    assert eight > rows_only
 
 
 def test_a_model_may_train_on_still_clips_by_default(dog_images, tmp_path):

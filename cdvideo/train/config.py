@@ -99,7 +99,7 @@ class TrainConfig:
     # the model denoises through its motion module, as renders do, instead of a single image through the 2D
     # UNet. The concept so learns its change in the features the motion module shapes. 1: single images
     # (the paper); 0: the model preset's `train_frames` (Shapes: 8; SD 1.5: single images). The noise is drawn
-    # per frame; a step costs about `frames` times a single image's.
+    # per frame; a step costs up to `frames` times a single image's (8 frames at SD size on the CPU: 3.4x, docs/training.md).
     frames: int = 0
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0

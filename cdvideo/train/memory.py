@@ -26,6 +26,11 @@ TRAINED_STATE_BYTES = 3 * 4
 # The VAE's encoding (no gradient) stays below the UNet's term at every size measured.
 UNET_TRAIN_BYTES_PER_PIXEL = 4 * 2085.0
 UNET_CHECKPOINTED_BYTES_PER_PIXEL = 4 * 1046.0
+# Still clips (--frames > 1) also keep the frozen motion modules' forward for the backward pass (the gradient
+# reaches the trained attn2 values through them): per frame row per pixel, fitted to peak RSS at real size on the
+# CPU, 2 photos x 8 frames at 128 px, two runs (10328 and 10384 MiB; docs/training.md). One size measured; with
+# checkpointing it is scaled as the UNet's term is (not measured).
+MOTION_TRAIN_BYTES_PER_PIXEL = 4 * 1831.0
 TRAINED_SHARE = {"kv": 0.0223, "crossattn": 0.0512}  # of the UNet's values (SD 1.5: 19.2 M / 859.5 M for kv)
 
 
@@ -44,14 +49,16 @@ def estimate_training_bytes(counts: dict[str, int], device: str, resolution: int
     pixels = resolution * resolution * (CALIBRATED_VAE_FACTOR / vae_factor) ** 2
     scale = 0.5 if half else 1.0  # autocast keeps activations in 16 bits (not measured)
     per_pixel = UNET_CHECKPOINTED_BYTES_PER_PIXEL if gradient_checkpointing else UNET_TRAIN_BYTES_PER_PIXEL
+    if "motion_adapter" in counts:  # training through the motion modules: their activations too
+        per_pixel += MOTION_TRAIN_BYTES_PER_PIXEL * per_pixel / UNET_TRAIN_BYTES_PER_PIXEL
     activations = per_pixel * scale * rows * pixels
     overhead = CUDA_OVERHEAD_BYTES if cuda else PROCESS_OVERHEAD_BYTES
     return int(weights + state + activations + overhead)
 
 
 def training_rows(config) -> int:
-    """Images in one micro-batch: batch_size, x2 with prior preservation, x frames for still clips (their motion
-    modules' own share of the activations was not measured)."""
+    """Images in one micro-batch: batch_size, x2 with prior preservation, x frames for still clips (each frame a
+    row of the UNet; the motion modules' own activations are estimate_training_bytes' motion term)."""
     return config.batch_size * (2 if config.with_prior_preservation else 1) * max(config.frames, 1)
 
 
