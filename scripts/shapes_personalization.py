@@ -61,8 +61,6 @@ TRAININGS = {
     # Video-aware training (issue 16, scope 5): each photo a still clip of 8 frames through the motion module.
     "token_video": ["--binding", "token", "--frames", "8"],
     "token_video_subject": ["--binding", "token", "--frames", "8", "--loss-on-subject"],  # and the masked loss
-    # The masked loss on the latent cells the subject covers for more than half (not every cell it touches).
-    "token_video_inside": ["--binding", "token", "--frames", "8", "--loss-on-subject", "--subject-cells", "inside"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -97,7 +95,6 @@ ROWS = {
     "video_defaults": dict(training="token_video", render_defaults=True),  # session 11's name for the same row
     "defaults_images": dict(training="token", render_defaults=True),
     "video_subject": dict(training="token_video_subject", render_defaults=True),
-    "video_inside": dict(training="token_video_inside", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),

@@ -347,32 +347,3 @@ def test_background_target_base_trains_another_concept_and_refuses_bad_settings(
                     background_target="base", binding="merged").check()
     with pytest.raises(ConfigError, match="unknown background_target 'photo'; choose from data, base"):
         tiny_config(images, tmp_path / "x.safetensors", background_target="photo").check()
-
-
-def test_subject_cells_inside_keeps_only_the_cells_the_subject_mostly_covers(tmp_path):
-    from cdvideo.train.losses import subject_latent_mask
-
-    # A 16x16 mask on a 4x4 latent grid (cells of 4x4 pixels): a subject covering cell (1, 1) whole, 10 of the 16
-    # pixels of cell (1, 2) and 2 of cell (2, 1).
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[0, 0, 4:8, 4:8] = 1
-    mask[0, 0, 4:8, 8:10] = 1
-    mask[0, 0, 6:8, 10] = 1
-    mask[0, 0, 8, 4:6] = 1
-    touched = subject_latent_mask(mask, 4)[0, 0]
-    inside = subject_latent_mask(mask, 4, "inside")[0, 0]
-    assert touched.nonzero().tolist() == [[1, 1], [1, 2], [2, 1]]
-    assert inside.nonzero().tolist() == [[1, 1], [1, 2]]
-    # It changes what trains, and it is refused without the masked loss it belongs to.
-    images = make_masked_images(tmp_path / "dog")
-    a = train(tiny_config(images, tmp_path / "a.safetensors", loss_on_subject=True), progress=False)
-    b = train(tiny_config(images, tmp_path / "b.safetensors", loss_on_subject=True, subject_cells="inside"),
-              progress=False)
-    from cdvideo.concept import load_concept
-
-    ca, cb = load_concept(a.concept), load_concept(b.concept)
-    assert any(not torch.equal(cb.deltas[k], ca.deltas[k]) for k in ca.deltas)
-    with pytest.raises(ConfigError, match="subject_cells says which latent cells --loss-on-subject counts"):
-        tiny_config(images, tmp_path / "x.safetensors", subject_cells="inside").check()
-    with pytest.raises(ConfigError, match="unknown subject_cells 'all'; choose from touched, inside"):
-        tiny_config(images, tmp_path / "x.safetensors", loss_on_subject=True, subject_cells="all").check()

@@ -21,7 +21,6 @@ KEEP = ("last", "best", "all")
 SCORES = ("auto", "heldout_loss", "clip_i", "dino_i")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BACKGROUND_TARGETS = ("data", "base")
-SUBJECT_CELLS = ("touched", "inside")
 
 
 def fill_prompt(template: str, token: str | None, class_word: str) -> str:
@@ -88,10 +87,6 @@ class TrainConfig:
     # photos' backgrounds (which ties it to them) and only pays for changing what the base model draws around
     # its subject. Needs a bound binding: then a caption without the token is the base model, bit for bit.
     background_target: str = "data"
-    # With loss_on_subject: which latent cells are the subject's. "touched": every cell the mask touches (the
-    # subject's edge cells, which also hold some background). "inside": the cells the mask covers for more than
-    # half, so the photos' backgrounds reach the loss less at the subject's edge (a cell 8 px wide at SD's VAE).
-    subject_cells: str = "touched"
     # Weight of the attention loss: the token's cross-attention map (normalised to 1) should be the subject
     # mask, so the token is attended where its subject is and not over the whole image (Break-A-Scene: 0.01).
     attention_loss_weight: float = 0.0
@@ -195,10 +190,6 @@ class TrainConfig:
         if self.background_target not in BACKGROUND_TARGETS:
             raise ConfigError(f"unknown background_target {self.background_target!r}; choose from "
                               f"{', '.join(BACKGROUND_TARGETS)}")
-        if self.subject_cells not in SUBJECT_CELLS:
-            raise ConfigError(f"unknown subject_cells {self.subject_cells!r}; choose from {', '.join(SUBJECT_CELLS)}")
-        if self.subject_cells != "touched" and not self.loss_on_subject:
-            raise ConfigError("subject_cells says which latent cells --loss-on-subject counts: pass --loss-on-subject too")
         if self.background_target == "base" and self.background_loss_weight == 0:
             raise ConfigError("background_target base compares the background with the base model at "
                               "--background-loss-weight: give it a weight above 0 (1: as much as the subject)")

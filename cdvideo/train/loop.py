@@ -397,7 +397,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                     noise_scheduler.get_velocity(latents, noise, timesteps)
                 loss_mask, instance_target = masks, target[:n]
                 if config.loss_on_subject:  # Break-A-Scene's masked loss: the background is the base model's job
-                    subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1], config.subject_cells).to(device)
+                    subject = subject_latent_mask(batch["subjects"][mine[:n]], loss_mask.shape[-1]).to(device)
                     loss_mask = loss_mask.to(device) * (subject + config.background_loss_weight * (1 - subject))
                     if config.background_target == "base":  # the background compared with the base model's prediction
                         subject = per_frame(subject, base)

@@ -54,11 +54,8 @@ def spl_loss(token_features: torch.Tensor, class_features: torch.Tensor) -> torc
     return (1 - F.cosine_similarity(token_features.float(), class_features.float(), dim=-1)).mean()
 
 
-def subject_latent_mask(subjects: torch.Tensor, latent: int, cells: str = "touched") -> torch.Tensor:
-    """Subject masks (b, 1, s, s) in [0, 1] -> (b, 1, latent, latent), 1 in the subject's cells: "touched", every
-    latent cell the subject touches; "inside", the cells it covers for more than half."""
-    if cells == "inside":
-        return (F.adaptive_avg_pool2d(subjects, latent) > 0.5).float()
+def subject_latent_mask(subjects: torch.Tensor, latent: int) -> torch.Tensor:
+    """Subject masks (b, 1, s, s) in [0, 1] -> (b, 1, latent, latent): 1 in every latent cell the subject touches."""
     return (F.adaptive_max_pool2d(subjects, latent) > 0.5).float()
 
 
