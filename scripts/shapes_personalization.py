@@ -61,6 +61,8 @@ TRAININGS = {
     # Video-aware training (issue 16, scope 5): each photo a still clip of 8 frames through the motion module.
     "token_video": ["--binding", "token", "--frames", "8"],
     "token_video_subject": ["--binding", "token", "--frames", "8", "--loss-on-subject"],  # and the masked loss
+    # and composite scenes (the subject pasted into scenes the base model renders on other backgrounds)
+    "token_video_composites": ["--binding", "token", "--frames", "8", "--composites", "{composites}"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -95,6 +97,7 @@ ROWS = {
     "video_defaults": dict(training="token_video", render_defaults=True),  # session 11's name for the same row
     "defaults_images": dict(training="token", render_defaults=True),
     "video_subject": dict(training="token_video_subject", render_defaults=True),
+    "video_composites": dict(training="token_video_composites", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
