@@ -82,10 +82,8 @@ def cdvideo_config(args, variant: str, work: Path, steps: int | None = None, res
         settings["with_prior_preservation"] = True
     if variant in ("classdiffusion", "frames"):
         settings.update(spl_weight=1.0, binding="token")
-    if variant == "frames":  # each photo a still clip of args.frames frames; the others train single images
-        settings["frames"] = args.frames
-    else:
-        settings["frames"] = 1
+    # Each photo a still clip of args.frames frames in the frames variant; the others train single images.
+    settings["frames"] = args.frames if variant == "frames" else 1
     if variant == "resume":
         settings["checkpoint_every"] = args.steps // 2
     return TrainConfig(**settings)

@@ -88,18 +88,16 @@ def test_frames_refuse_what_they_cannot_do_in_one_line_before_loading(tmp_path, 
 
 
 def test_the_memory_estimate_counts_every_frame_and_the_motion_adapter():
-    from cdvideo.train.memory import estimate_for_config
+    from cdvideo.train.memory import TRAINED_SHARE, estimate_for_config, estimate_training_bytes
 
     counts = {"unet": 1_000_000, "text_encoder": 100_000, "vae": 100_000, "motion_adapter": 500_000}
+    without_motion = {k: v for k, v in counts.items() if k != "motion_adapter"}
     config = tiny_config("unused", "x.safetensors", resolution=64, frames=1)
     one, eight = estimate_for_config(config, counts, "cpu"), estimate_for_config(tiny_config(
         "unused", "x.safetensors", resolution=64, frames=8), counts, "cpu")
     assert eight - one > 4 * 500_000  # the adapter's weights, and seven more frames of activations
-    assert estimate_for_config(config, {k: v for k, v in counts.items() if k != "motion_adapter"}, "cpu") == one
+    assert estimate_for_config(config, without_motion, "cpu") == one
     # The motion modules' own activations count too: more than 8 single-image rows and the adapter's weights.
-    from cdvideo.train.memory import TRAINED_SHARE, estimate_training_bytes
-
-    without_motion = {k: v for k, v in counts.items() if k != "motion_adapter"}
     trained = int(TRAINED_SHARE[config.train] * counts["unet"])
     rows_only = estimate_training_bytes(without_motion, "cpu", 64, 8 * config.batch_size, trained) + 4 * 500_000
     assert eight > rows_only
