@@ -402,3 +402,17 @@ class RenderSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_backgrounds(spec: str, what: str = "backgrounds") -> dict[str, tuple[int, int, int]]:
+    """`"black=#191919, white=#f0f0f0"` -> {"black": (25, 25, 25), "white": (240, 240, 240)}: the plain backgrounds
+    `cdvideo.train.data.recolour_backgrounds` puts behind a subject, each with the word its captions use for it."""
+    colours = {}
+    for entry in (part.strip() for part in spec.split(",")):
+        name, _, value = (x.strip() for x in entry.partition("="))
+        hexes = value.removeprefix("#")
+        if not name or len(hexes) != 6 or any(c not in "0123456789abcdefABCDEF" for c in hexes):
+            raise ConfigError(f"{what}: write NAME=#RRGGBB entries separated by commas, e.g. "
+                              f"'white=#f0f0f0, red=#dc2828'; got {entry[:40]!r}")
+        colours[name] = tuple(int(hexes[i : i + 2], 16) for i in (0, 2, 4))
+    return colours

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The Shapes world's six colours as `cdvideo train --backgrounds` takes them (cdvideo.shapes.world.COLOURS).
+WORLD_BACKGROUNDS = "black=#191919, white=#f0f0f0, red=#dc2828, green=#28aa3c, blue=#2850dc, yellow=#ebcd28"
 # Training variants: the flags each adds to the shared `cdvideo train` command.
 TRAININGS = {
     "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
@@ -63,6 +65,9 @@ TRAININGS = {
     "token_video_subject": ["--binding", "token", "--frames", "8", "--loss-on-subject"],  # and the masked loss
     # and composite scenes (the subject pasted into scenes the base model renders on other backgrounds)
     "token_video_composites": ["--binding", "token", "--frames", "8", "--composites", "{composites}"],
+    # and each photo painted on each world colour that stands apart from the subject, its caption naming it
+    "token_video_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", WORLD_BACKGROUNDS,
+                                "--instance-prompt", "a {token} {class_word} on a {background} background"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -98,6 +103,7 @@ ROWS = {
     "defaults_images": dict(training="token", render_defaults=True),
     "video_subject": dict(training="token_video_subject", render_defaults=True),
     "video_composites": dict(training="token_video_composites", render_defaults=True),
+    "video_backgrounds": dict(training="token_video_backgrounds", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),

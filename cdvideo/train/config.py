@@ -30,6 +30,11 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
     return " ".join(template.format(token=token, class_word=class_word).split())
 
 
+def names_background(template: str) -> bool:
+    """Whether a caption template leaves its background to `--backgrounds` (names `{background}`)."""
+    return "{background}" in template
+
+
 @dataclass
 class ConceptData:
     """One subject to learn: a folder of photos and the class it belongs to."""
@@ -95,6 +100,13 @@ class TrainConfig:
     # trains with its caption (e.g. "a {token} {class_word} and a cat on a sofa"). The concept so learns to
     # share a scene with other things, which its few photos never show. Each line adds one training example.
     composites: str = ""
+    # Photos in several contexts made from the given ones (needs subject masks and captions that name
+    # `{background}`, e.g. "a {token} {class_word} on a {background} background"): `NAME=#RRGGBB` entries separated by
+    # commas; each photo trains once per colour, its background painted that colour and its caption naming it (a colour
+    # near the subject's own is skipped for it). A concept learned from photos that share one background is tied to
+    # it (Shapes: never drawn on white from photos on black). "": the model preset's `train_backgrounds` (Shapes: its
+    # six colours; SD 1.5: none); "none": the photos as given.
+    backgrounds: str = ""
     # Video-aware training: each training image is a still clip of this many frames (the photo repeated) that
     # the model denoises through its motion module, as renders do, instead of a single image through the 2D
     # UNet. The concept so learns its change in the features the motion module shapes. 1: single images
@@ -208,15 +220,22 @@ class TrainConfig:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)} or cuda:N")
+        if self.backgrounds not in ("", "none"):
+            from cdvideo.config import parse_backgrounds
+
+            parse_backgrounds(self.backgrounds)
         for name in ("instance_prompt", "spl_prompt"):
             template = getattr(self, name)
+            if name == "instance_prompt":  # filled by --backgrounds before the concept is
+                template = template.replace("{background}", "black")
             try:
                 filled = fill_prompt(template, "<t>", "c")
             except (KeyError, IndexError, ValueError):
                 filled = ""
             if "<t>" not in filled or "{class_word}" not in template:
-                raise ConfigError(f"{name} {template!r} must name {{token}} and {{class_word}} and nothing else in braces, "
-                                  "e.g. 'photo of a {token} {class_word}'")
+                also = " (and may name {background}, for --backgrounds)" if name == "instance_prompt" else ""
+                raise ConfigError(f"{name} {getattr(self, name)!r} must name {{token}} and {{class_word}}{also} and "
+                                  "nothing else in braces, e.g. 'photo of a {token} {class_word}'")
         tokens = self.tokens()
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"two concepts share a token: {tokens}")

@@ -103,6 +103,40 @@ def load_subject_masks(folder: str | Path, images: list) -> list | None:
     return masks
 
 
+# A background colour that this share of a subject's pixels lies near (within NEAR in RGB) would hide that part of
+# the subject: the photo is not recoloured with it (a yellow-and-blue subject is never put on yellow or on blue).
+NEAR, HIDDEN_SHARE = 80.0, 0.1
+
+
+def recolour_backgrounds(images: list, captions: list[str], subjects: list, colours: dict[str, tuple[int, int, int]],
+                         names: list[str] | None = None) -> tuple[list, list[str], list]:
+    """Photos in several contexts made from the given ones: each photo once per colour of `colours`, its background
+    (outside its subject mask, blended by the mask's softness) painted that colour and its caption template's
+    `{background}` filled with the colour's name. A colour near a tenth or more of the subject's own pixels is
+    skipped for that photo (it would hide part of the subject). Returns (images, captions, subjects), the photos in
+    their order, each followed by its colours in `colours`' order; `names` name the photos in errors."""
+    from PIL import Image
+
+    palette = {name: np.array(rgb, dtype=np.float32) for name, rgb in colours.items()}
+    out_images, out_captions, out_subjects = [], [], []
+    for k, (image, caption, subject) in enumerate(zip(images, captions, subjects)):
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        weight = np.asarray(subject, dtype=np.float32)[..., None] / 255.0
+        inside = pixels[weight[..., 0] > 0.5]
+        kept = [name for name, rgb in palette.items()
+                if inside.size == 0 or (np.linalg.norm(inside - rgb, axis=1) < NEAR).mean() < HIDDEN_SHARE]
+        if not kept:
+            label = names[k] if names else f"photo {k + 1}"
+            raise InputFileError(f"every background colour would hide part of the subject of {label}: "
+                                 f"give --backgrounds colours unlike the subject's")
+        for name in kept:
+            painted = weight * pixels + (1 - weight) * palette[name]
+            out_images.append(Image.fromarray(painted.round().astype(np.uint8)))
+            out_captions.append(caption.replace("{background}", name))
+            out_subjects.append(subject)
+    return out_images, out_captions, out_subjects
+
+
 def read_composites(path: str | Path) -> list[tuple[str, str]]:
     """The composite scenes file: one `SCENE PROMPT | CAPTION` per line (blank lines and `#` comments skipped).
     The base model renders each scene; the subject is pasted in; the caption ({token} and {class_word} filled in)

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdvideo.concept import ALLOWED_PARAM, Concept, fingerprint_unet, save_concept
+from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig, fill_prompt
+from cdvideo.train.config import TrainConfig, fill_prompt, names_background
 from cdvideo.binding import install_bound_training, take_attention_maps
-from cdvideo.train.data import (EpochSampler, Example, image_captions, load_image_folder, load_subject_masks, make_batch,
-                                paste_subject, plain_batch, read_composites, warn_if_few)
+from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
+                                make_batch, paste_subject, plain_batch, read_composites, recolour_backgrounds, warn_if_few)
 from cdvideo.train.losses import (attention_loss, eos_positions, masked_diffusion_loss, spl_loss, subject_latent_mask,
                                   text_features)
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
@@ -137,17 +138,26 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
     instance_images, instance_captions, instance_subjects = [], [], []
     uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0 or bool(config.composites)
+    may_recolour = (config.backgrounds or preset.train_backgrounds or "none") != "none"
     scenes = read_composites(config.composites) if config.composites else []
     for concept in config.concepts:
         images = load_image_folder(concept.images)
         warn_if_few(images, concept.images)
         instance_images.append(images)
         instance_captions.append(image_captions(concept.images, config.instance_prompt))
-        subjects = load_subject_masks(concept.images, images) if uses_subjects else None
+        subjects = load_subject_masks(concept.images, images) if uses_subjects or may_recolour else None
         if uses_subjects and subjects is None:
             raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject, --attention-loss-weight "
                               "and --composites need: put NAME.mask.png (white = subject) beside each NAME.png")
         instance_subjects.append(subjects or [None] * len(images))
+    # Photos in several contexts: each photo once per background colour, its caption naming it.
+    config = dataclasses.replace(config, backgrounds=_backgrounds(config, preset, instance_captions, instance_subjects, say))
+    if config.backgrounds != "none":
+        colours = parse_backgrounds(config.backgrounds)
+        for i, concept in enumerate(config.concepts):
+            names = [path.name for path in image_paths(Path(concept.images))]
+            instance_images[i], instance_captions[i], instance_subjects[i] = recolour_backgrounds(
+                instance_images[i], instance_captions[i], instance_subjects[i], colours, names)
     heldout_images = [[] for _ in config.concepts]
     if config.keep == "best" and config.holdout:
         for i, images in enumerate(instance_images):
@@ -310,8 +320,12 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     scorer, note = choose_scorer(config.score, str(device), has_heldout) if config.keep == "best" else (None, None)
     if note:
         say(note)
-    scored = [(im, fill_prompt(config.instance_prompt, tokens[i], config.concepts[i].class_word))
-              for i, group in enumerate(heldout_images if has_heldout else instance_images) for im in group]
+    if has_heldout:
+        scored = [(im, fill_prompt(config.instance_prompt, tokens[i], config.concepts[i].class_word))
+                  for i, group in enumerate(heldout_images) for im in group]
+    else:  # the training photos with their own captions
+        scored = [(im, fill_prompt(caption, tokens[i], config.concepts[i].class_word))
+                  for i, group in enumerate(instance_images) for im, caption in zip(group, instance_captions[i])]
     score_batch = plain_batch([im for im, _ in scored], [prompt for _, prompt in scored], size, latent_factor)
     references = [np.asarray(im) for group in instance_images for im in group]  # for CLIP-I / DINO-I
     validation_prompt = config.validation_prompt or " and ".join(f"a {t} {c.class_word}" for t, c in zip(tokens, config.concepts))
@@ -493,7 +507,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
             "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token,
             "frames": config.frames, "resolution": size, "seed": config.seed,
-            "images": [len(g) for g in instance_images], "prior_preservation": config.with_prior_preservation,
+            "images": [len(g) for g in instance_images], "backgrounds": config.backgrounds,
+            "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
         },
@@ -512,6 +527,32 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warnings.simplefilter("ignore")  # the render's own prompt hints do not concern training
             result.video = render_to_file(settings, output_dir / "samples" / "validation.mp4", progress=progress).video
     return result
+
+
+def _backgrounds(config: TrainConfig, preset, captions: list[list[str]], subjects: list[list], say) -> str:
+    """The backgrounds this run paints its photos on (`NAME=#RRGGBB, ...`), or "none": --backgrounds, else the model
+    preset's `train_backgrounds` when the photos allow it (masks, captions naming {background}; said once when not)."""
+    spec = config.backgrounds or preset.train_backgrounds or "none"
+    named = [names_background(c) for group in captions for c in group]
+    if spec == "none":
+        if any(named):
+            raise ConfigError("a caption names {background}, which only --backgrounds fills: pass --backgrounds "
+                              "'NAME=#RRGGBB, ...' or write the background into the caption")
+        return "none"
+    missing = None
+    if any(s is None for group in subjects for s in group):
+        missing = "subject masks (NAME.mask.png beside each NAME.png, white = subject)"
+    elif not all(named):
+        missing = "captions that name {background} (e.g. --instance-prompt 'a {token} {class_word} on a {background} background')"
+    elif config.keep == "best":
+        missing = "--keep last or all (best scores checkpoints on the photos as given)"
+    if missing is None:
+        return spec
+    if config.backgrounds:
+        raise ConfigError(f"--backgrounds needs {missing}")
+    say(f"the {preset.name} model paints each photo on its train_backgrounds when given {missing}; this run trains "
+        "on the photos as given (--backgrounds none says so without this warning)")
+    return "none"
 
 
 def _model_frames(preset, config: TrainConfig, say) -> int:

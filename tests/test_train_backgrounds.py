@@ -1,0 +1,132 @@
+"""`cdvideo train --backgrounds`: photos in several contexts made from the given ones (each photo painted on plain
+backgrounds, its caption naming each), and the model preset's `train_backgrounds` default."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdvideo.cli import main
+from cdvideo.config import parse_backgrounds
+from cdvideo.errors import ConfigError
+from cdvideo.train import train
+from test_subject_losses import make_masked_images, tiny_config
+
+TWO = "white=#f0f0f0, red=#dc2828"
+
+
+def test_backgrounds_are_parsed_and_a_bad_entry_is_named():
+    assert parse_backgrounds("black=#191919, white=F0F0F0") == {"black": (25, 25, 25), "white": (240, 240, 240)}
+    for bad in ("white", "white=#f0f0", "=#f0f0f0", "white=#f0f0fg", "white=#f0f0f0, red=#dc28"):
+        with pytest.raises(ConfigError, match="backgrounds: write NAME=#RRGGBB"):
+            parse_backgrounds(bad)
+
+
+def test_each_photo_is_painted_on_each_colour_that_stands_apart_from_its_subject():
+    from cdvideo.train.data import recolour_backgrounds
+
+    image = np.full((20, 20, 3), 25, dtype=np.uint8)  # a black photo
+    image[4:12, 4:12] = (235, 205, 40)  # a yellow subject...
+    image[8:12, 4:12] = (40, 80, 220)  # ...with a blue lower half
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    mask[12, 4:12] = 100  # a soft edge: part subject, part background
+    colours = parse_backgrounds("black=#191919, white=#f0f0f0, yellow=#ebcd28, blue=#2850dc, red=#dc2828")
+    images, captions, masks = recolour_backgrounds([Image.fromarray(image)], ["a {token} on a {background} background"],
+                                                   [Image.fromarray(mask)], colours)
+    # yellow and blue would hide half of the subject each: skipped
+    assert captions == [f"a {{token}} on a {name} background" for name in ("black", "white", "red")]
+    inside, edge = mask == 255, mask == 100
+    for painted, name in zip(images, ("black", "white", "red")):
+        pixels = np.asarray(painted)
+        assert np.array_equal(pixels[inside], image[inside])  # the subject as it was
+        assert (pixels[mask == 0] == colours[name]).all()  # the background in the colour its caption names
+        weight = 100 / 255  # the soft edge blends the photo and the colour by the mask
+        blend = np.round(weight * image[edge].astype(float) + (1 - weight) * np.array(colours[name]))
+        assert np.abs(pixels[edge].astype(float) - blend).max() <= 1
+    assert all(np.array_equal(np.asarray(m), mask) for m in masks)  # the mask goes with each painted photo
+
+
+def _spy_prompts(monkeypatch):
+    import cdvideo.train.loop as loop
+
+    seen = []
+    original = loop.make_batch
+
+    def spy(examples, *args, **kwargs):
+        batch = original(examples, *args, **kwargs)
+        seen.extend(batch["prompts"])
+        return batch
+
+    monkeypatch.setattr(loop, "make_batch", spy)
+    return seen
+
+
+def test_training_sees_every_photo_on_every_background_with_its_caption(tmp_path, monkeypatch):
+    from cdvideo.concept import load_concept
+
+    images = make_masked_images(tmp_path / "dog", count=2)
+    seen = _spy_prompts(monkeypatch)
+    config = tiny_config(images, tmp_path / "dog.safetensors", backgrounds=TWO, steps=6, augment=False,
+                         instance_prompt="a {token} {class_word} on a {background} background")
+    result = train(config, progress=False)
+    assert set(seen) == {"a <new1> dog on a white background", "a <new1> dog on a red background"}
+    training = load_concept(result.concept).training
+    assert training["images"] == [4] and training["backgrounds"] == TWO
+    # A plain run learns another concept from the same photos.
+    plain = train(dataclasses.replace(config, backgrounds="none", out=str(tmp_path / "plain.safetensors"),
+                                      output_dir=str(tmp_path / "plain-train"), instance_prompt="a {token} {class_word}"),
+                  progress=False)
+    a, b = load_concept(result.concept), load_concept(plain.concept)
+    assert any(not np.array_equal(a.deltas[k].numpy(), b.deltas[k].numpy()) for k in b.deltas)
+
+
+def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys, monkeypatch):
+    import cdvideo.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+    masked = make_masked_images(tmp_path / "dog")
+    with pytest.raises(ConfigError, match=r"--backgrounds needs captions that name \{background\}"):
+        train(tiny_config(masked, tmp_path / "x.safetensors", backgrounds=TWO), progress=False)
+    with pytest.raises(ConfigError, match=r"a caption names \{background\}, which only --backgrounds fills"):
+        train(tiny_config(masked, tmp_path / "x.safetensors", instance_prompt="a {token} {class_word} on {background}"),
+              progress=False)
+    with pytest.raises(ConfigError, match=r"--backgrounds needs --keep last or all"):
+        train(tiny_config(masked, tmp_path / "x.safetensors", backgrounds=TWO, keep="best",
+                          instance_prompt="a {token} {class_word} on {background}"), progress=False)
+    for path in masked.glob("*.mask.png"):
+        path.unlink()
+    with pytest.raises(ConfigError, match="--backgrounds needs subject masks"):
+        train(tiny_config(masked, tmp_path / "x.safetensors", backgrounds=TWO,
+                          instance_prompt="a {token} {class_word} on {background}"), progress=False)
+    with pytest.raises(ConfigError, match="instance_prompt .* may name {background}"):
+        tiny_config(masked, tmp_path / "x.safetensors", instance_prompt="a {token} {class_word} {place}").check()
+    code = main(["train", "--images", str(masked), "--class-word", "dog", "--out", str(tmp_path / "x.safetensors"),
+                 "--model", "tiny", "--backgrounds", "white"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "NAME=#RRGGBB" in err[0]
+
+
+def test_the_models_backgrounds_apply_when_the_photos_allow_and_are_said_to_be_skipped_when_not(tmp_path, monkeypatch):
+    """A preset's train_backgrounds paint photos with masks and {background} captions; photos without them train as
+    given, with one warning saying what the default needs."""
+    import cdvideo.models
+    from cdvideo.concept import load_concept
+    from cdvideo.models import load_preset
+
+    preset = dataclasses.replace(load_preset("tiny"), train_backgrounds=TWO)
+    monkeypatch.setattr(cdvideo.models, "load_preset", lambda name: preset)
+    images = make_masked_images(tmp_path / "dog", count=2)
+    seen = _spy_prompts(monkeypatch)
+    result = train(tiny_config(images, tmp_path / "a.safetensors", steps=6, augment=False,
+                               instance_prompt="a {token} {class_word} on a {background} background"), progress=False)
+    assert set(seen) == {"a <new1> dog on a white background", "a <new1> dog on a red background"}
+    assert load_concept(result.concept).training["backgrounds"] == TWO
+
+    with pytest.warns(UserWarning, match=r"paints each photo on its train_backgrounds when given captions that name"):
+        result = train(tiny_config(images, tmp_path / "b.safetensors"), progress=False)
+    assert load_concept(result.concept).training["backgrounds"] == "none"
