@@ -1,5 +1,5 @@
 """`cdvideo train --backgrounds`: photos in several contexts made from the given ones (each photo painted on plain
-backgrounds, its caption naming each), and the model preset's `train_backgrounds` default."""
+backgrounds, its caption naming each)."""
 
 import dataclasses
 
@@ -75,7 +75,7 @@ def test_training_sees_every_photo_on_every_background_with_its_caption(tmp_path
     training = load_concept(result.concept).training
     assert training["images"] == [4] and training["backgrounds"] == TWO
     # A plain run learns another concept from the same photos.
-    plain = train(dataclasses.replace(config, backgrounds="none", out=str(tmp_path / "plain.safetensors"),
+    plain = train(dataclasses.replace(config, backgrounds="", out=str(tmp_path / "plain.safetensors"),
                                       output_dir=str(tmp_path / "plain-train"), instance_prompt="a {token} {class_word}"),
                   progress=False)
     a, b = load_concept(result.concept), load_concept(plain.concept)
@@ -100,7 +100,7 @@ def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys
                           instance_prompt="a {token} {class_word} on {background}"), progress=False)
     for path in masked.glob("*.mask.png"):
         path.unlink()
-    with pytest.raises(ConfigError, match="--backgrounds needs subject masks"):
+    with pytest.raises(ConfigError, match="--backgrounds needs subject masks: put NAME.mask.png"):
         train(tiny_config(masked, tmp_path / "x.safetensors", backgrounds=TWO,
                           instance_prompt="a {token} {class_word} on {background}"), progress=False)
     with pytest.raises(ConfigError, match="instance_prompt .* may name {background}"):
@@ -109,24 +109,3 @@ def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys
                  "--model", "tiny", "--backgrounds", "white"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "NAME=#RRGGBB" in err[0]
-
-
-def test_the_models_backgrounds_apply_when_the_photos_allow_and_are_said_to_be_skipped_when_not(tmp_path, monkeypatch):
-    """A preset's train_backgrounds paint photos with masks and {background} captions; photos without them train as
-    given, with one warning saying what the default needs."""
-    import cdvideo.models
-    from cdvideo.concept import load_concept
-    from cdvideo.models import load_preset
-
-    preset = dataclasses.replace(load_preset("tiny"), train_backgrounds=TWO)
-    monkeypatch.setattr(cdvideo.models, "load_preset", lambda name: preset)
-    images = make_masked_images(tmp_path / "dog", count=2)
-    seen = _spy_prompts(monkeypatch)
-    result = train(tiny_config(images, tmp_path / "a.safetensors", steps=6, augment=False,
-                               instance_prompt="a {token} {class_word} on a {background} background"), progress=False)
-    assert set(seen) == {"a <new1> dog on a white background", "a <new1> dog on a red background"}
-    assert load_concept(result.concept).training["backgrounds"] == TWO
-
-    with pytest.warns(UserWarning, match=r"paints each photo on its train_backgrounds when given captions that name"):
-        result = train(tiny_config(images, tmp_path / "b.safetensors"), progress=False)
-    assert load_concept(result.concept).training["backgrounds"] == "none"

@@ -46,8 +46,7 @@ _HELP = {
                   "the subject is pasted in, and the composite trains with its caption (the concept learns to share a scene)",
     "backgrounds": "photos in several contexts, made from yours (needs subject masks NAME.mask.png and captions that "
                    "name {background}): 'NAME=#RRGGBB, ...'; each photo trains once per colour, its background painted "
-                   "that colour and its caption naming it ('' : the model's train_backgrounds, the six world colours for "
-                   "shapes, none for SD 1.5; none: the photos as given)",
+                   "that colour and its caption naming it",
     "frames": "video-aware training: each image is a still clip of this many frames denoised through the model's "
               "motion module, as renders are (1: single images through the 2D UNet, the paper; 0: the model's "
               "train_frames, 8 for shapes, else 1; 8 frames cost 3.4x the time and 2x the memory of a step at SD size)",

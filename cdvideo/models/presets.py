@@ -76,10 +76,6 @@ class ModelPreset:
     # --frames is not given; 0 (or 1): single images through the 2D UNet, the paper's way. Shapes measures 8
     # (docs/personalization.md, session 11); SD 1.5 presets keep single images (a clip costs frames x an image).
     train_frames: int = 0
-    # The plain backgrounds `cdvideo train` paints behind the subject of photos with masks and captions that name
-    # `{background}` when --backgrounds is not given (`NAME=#RRGGBB, ...`; cdvideo.train.data.recolour_backgrounds);
-    # empty: the photos as given. Shapes measures its six colours (docs/personalization.md, session 14).
-    train_backgrounds: str = ""
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8
@@ -138,10 +134,6 @@ def _known_scheduler(preset: ModelPreset, source: Path) -> ModelPreset:
         parse_schedule(preset.concept_schedule, f"{source}: concept_schedule")
     if preset.concept_binding:
         check_binding(preset.concept_binding, f"{source}: concept_binding")
-    if preset.train_backgrounds:
-        from cdvideo.config import parse_backgrounds
-
-        parse_backgrounds(preset.train_backgrounds, f"{source}: train_backgrounds")
     if preset.train_frames < 0:
         raise ConfigError(f"{source}: train_frames must be 0 or more (0 or 1: single images), got {preset.train_frames}")
     return preset

@@ -103,9 +103,8 @@ class TrainConfig:
     # Photos in several contexts made from the given ones (needs subject masks and captions that name
     # `{background}`, e.g. "a {token} {class_word} on a {background} background"): `NAME=#RRGGBB` entries separated by
     # commas; each photo trains once per colour, its background painted that colour and its caption naming it (a colour
-    # near the subject's own is skipped for it). A concept learned from photos that share one background is tied to
-    # it (Shapes: never drawn on white from photos on black). "": the model preset's `train_backgrounds` (Shapes: its
-    # six colours; SD 1.5: none); "none": the photos as given.
+    # near the subject's own is skipped for that photo). Empty: the photos as given. Measured on Shapes as a trade,
+    # not a default (docs/personalization.md, "Session 14").
     backgrounds: str = ""
     # Video-aware training: each training image is a still clip of this many frames (the photo repeated) that
     # the model denoises through its motion module, as renders do, instead of a single image through the 2D
@@ -220,7 +219,7 @@ class TrainConfig:
             raise ConfigError(f"holdout must be >= 0, got {self.holdout}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)} or cuda:N")
-        if self.backgrounds not in ("", "none"):
+        if self.backgrounds:
             from cdvideo.config import parse_backgrounds
 
             parse_backgrounds(self.backgrounds)

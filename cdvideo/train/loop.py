@@ -138,21 +138,20 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
     instance_images, instance_captions, instance_subjects = [], [], []
     uses_subjects = config.loss_on_subject or config.attention_loss_weight > 0 or bool(config.composites)
-    may_recolour = (config.backgrounds or preset.train_backgrounds or "none") != "none"
     scenes = read_composites(config.composites) if config.composites else []
     for concept in config.concepts:
         images = load_image_folder(concept.images)
         warn_if_few(images, concept.images)
         instance_images.append(images)
         instance_captions.append(image_captions(concept.images, config.instance_prompt))
-        subjects = load_subject_masks(concept.images, images) if uses_subjects or may_recolour else None
+        subjects = load_subject_masks(concept.images, images) if uses_subjects or config.backgrounds else None
         if uses_subjects and subjects is None:
             raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject, --attention-loss-weight "
                               "and --composites need: put NAME.mask.png (white = subject) beside each NAME.png")
         instance_subjects.append(subjects or [None] * len(images))
     # Photos in several contexts: each photo once per background colour, its caption naming it.
-    config = dataclasses.replace(config, backgrounds=_backgrounds(config, preset, instance_captions, instance_subjects, say))
-    if config.backgrounds != "none":
+    check_backgrounds(config, instance_captions, instance_subjects)
+    if config.backgrounds:
         colours = parse_backgrounds(config.backgrounds)
         for i, concept in enumerate(config.concepts):
             names = [path.name for path in image_paths(Path(concept.images))]
@@ -529,30 +528,21 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     return result
 
 
-def _backgrounds(config: TrainConfig, preset, captions: list[list[str]], subjects: list[list], say) -> str:
-    """The backgrounds this run paints its photos on (`NAME=#RRGGBB, ...`), or "none": --backgrounds, else the model
-    preset's `train_backgrounds` when the photos allow it (masks, captions naming {background}; said once when not)."""
-    spec = config.backgrounds or preset.train_backgrounds or "none"
+def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
+    """--backgrounds needs subject masks and captions that name {background}; {background} needs --backgrounds."""
     named = [names_background(c) for group in captions for c in group]
-    if spec == "none":
+    if not config.backgrounds:
         if any(named):
             raise ConfigError("a caption names {background}, which only --backgrounds fills: pass --backgrounds "
                               "'NAME=#RRGGBB, ...' or write the background into the caption")
-        return "none"
-    missing = None
+        return
     if any(s is None for group in subjects for s in group):
-        missing = "subject masks (NAME.mask.png beside each NAME.png, white = subject)"
-    elif not all(named):
-        missing = "captions that name {background} (e.g. --instance-prompt 'a {token} {class_word} on a {background} background')"
-    elif config.keep == "best":
-        missing = "--keep last or all (best scores checkpoints on the photos as given)"
-    if missing is None:
-        return spec
-    if config.backgrounds:
-        raise ConfigError(f"--backgrounds needs {missing}")
-    say(f"the {preset.name} model paints each photo on its train_backgrounds when given {missing}; this run trains "
-        "on the photos as given (--backgrounds none says so without this warning)")
-    return "none"
+        raise ConfigError("--backgrounds needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
+    if not all(named):
+        raise ConfigError("--backgrounds needs captions that name {background}, e.g. --instance-prompt "
+                          "'a {token} {class_word} on a {background} background'")
+    if config.keep == "best":
+        raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
 
 
 def _model_frames(preset, config: TrainConfig, say) -> int:
