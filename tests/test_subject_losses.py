@@ -255,21 +255,27 @@ def test_the_subject_is_pasted_where_the_scene_is_plainest():
     assert np.array_equal(composite[~moved], scene[~moved])  # the rest is the scene
 
 
-def test_composites_are_rendered_once_and_trained_with_their_captions(tmp_path, monkeypatch):
+def spy_prompts(monkeypatch) -> list[str]:
+    """The captions every training batch uses, collected as training runs."""
     import cdvideo.train.loop as loop
 
-    images = make_masked_images(tmp_path / "dog", count=2)
-    scenes = tmp_path / "scenes.txt"
-    scenes.write_text("a cat | a photo of a {token} {class_word} and a cat\na sofa | a {token} {class_word} on a sofa\n")
-    seen_prompts = []
+    seen = []
     original = loop.make_batch
 
     def spy(examples, *args, **kwargs):
         batch = original(examples, *args, **kwargs)
-        seen_prompts.extend(batch["prompts"])
+        seen.extend(batch["prompts"])
         return batch
 
     monkeypatch.setattr(loop, "make_batch", spy)
+    return seen
+
+
+def test_composites_are_rendered_once_and_trained_with_their_captions(tmp_path, monkeypatch):
+    images = make_masked_images(tmp_path / "dog", count=2)
+    scenes = tmp_path / "scenes.txt"
+    scenes.write_text("a cat | a photo of a {token} {class_word} and a cat\na sofa | a {token} {class_word} on a sofa\n")
+    seen_prompts = spy_prompts(monkeypatch)
     config = tiny_config(images, tmp_path / "dog.safetensors", composites=str(scenes), steps=4, augment=False)
     result = train(config, progress=False)
     rendered = sorted((result.output_dir / "composites").glob("*.png"))

@@ -11,7 +11,7 @@ from cdvideo.cli import main
 from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.train import train
-from test_subject_losses import make_masked_images, tiny_config
+from test_subject_losses import make_masked_images, spy_prompts, tiny_config
 
 TWO = "white=#f0f0f0, red=#dc2828"
 
@@ -48,26 +48,11 @@ def test_each_photo_is_painted_on_each_colour_that_stands_apart_from_its_subject
     assert all(np.array_equal(np.asarray(m), mask) for m in masks)  # the mask goes with each painted photo
 
 
-def _spy_prompts(monkeypatch):
-    import cdvideo.train.loop as loop
-
-    seen = []
-    original = loop.make_batch
-
-    def spy(examples, *args, **kwargs):
-        batch = original(examples, *args, **kwargs)
-        seen.extend(batch["prompts"])
-        return batch
-
-    monkeypatch.setattr(loop, "make_batch", spy)
-    return seen
-
-
 def test_training_sees_every_photo_on_every_background_with_its_caption(tmp_path, monkeypatch):
     from cdvideo.concept import load_concept
 
     images = make_masked_images(tmp_path / "dog", count=2)
-    seen = _spy_prompts(monkeypatch)
+    seen = spy_prompts(monkeypatch)
     config = tiny_config(images, tmp_path / "dog.safetensors", backgrounds=TWO, steps=6, augment=False,
                          instance_prompt="a {token} {class_word} on a {background} background")
     result = train(config, progress=False)
