@@ -34,8 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-# The Shapes world's six colours as `cdvideo train --backgrounds` takes them (cdvideo.shapes.world.COLOURS).
-WORLD_BACKGROUNDS = "black=#191919, white=#f0f0f0, red=#dc2828, green=#28aa3c, blue=#2850dc, yellow=#ebcd28"
+from cdvideo.shapes.world import COLOURS
+
+# The Shapes world's six colours as `cdvideo train --backgrounds` takes them ("black=#191919, ..."), in the order of
+# session 14's tables (the order of the painted copies is the order training draws them in).
+WORLD_BACKGROUNDS = ", ".join("{}=#{:02x}{:02x}{:02x}".format(name, *COLOURS[name])
+                              for name in ("black", "white", "red", "green", "blue", "yellow"))
 # Training variants: the flags each adds to the shared `cdvideo train` command.
 TRAININGS = {
     "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
