@@ -38,8 +38,11 @@ from cdvideo.shapes.world import COLOURS
 
 # The Shapes world's six colours as `cdvideo train --backgrounds` takes them ("black=#191919, ..."), in the order of
 # session 14's tables (the order of the painted copies is the order training draws them in).
-WORLD_BACKGROUNDS = ", ".join("{}=#{:02x}{:02x}{:02x}".format(name, *COLOURS[name])
-                              for name in ("black", "white", "red", "green", "blue", "yellow"))
+def world_backgrounds(names=("black", "white", "red", "green", "blue", "yellow")) -> str:
+    return ", ".join("{}=#{:02x}{:02x}{:02x}".format(name, *COLOURS[name]) for name in names)
+
+
+WORLD_BACKGROUNDS = world_backgrounds()
 # Training variants: the flags each adds to the shared `cdvideo train` command.
 TRAININGS = {
     "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
@@ -72,6 +75,10 @@ TRAININGS = {
     # and each photo painted on each world colour that stands apart from the subject, its caption naming it
     "token_video_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", WORLD_BACKGROUNDS,
                                 "--instance-prompt", "a {token} {class_word} on a {background} background"],
+    # the same, painted only on the colours the prompts may use ({prompt_backgrounds}: allowed_colours; no green
+    # beside yellow and blue), as session 13's photos in several contexts were
+    "token_video_prompt_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", "{prompt_backgrounds}",
+                                       "--instance-prompt", "a {token} {class_word} on a {background} background"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -108,6 +115,7 @@ ROWS = {
     "video_subject": dict(training="token_video_subject", render_defaults=True),
     "video_composites": dict(training="token_video_composites", render_defaults=True),
     "video_backgrounds": dict(training="token_video_backgrounds", render_defaults=True),
+    "video_prompt_backgrounds": dict(training="token_video_prompt_backgrounds", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
@@ -296,6 +304,7 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
     if any("{composites}" in f for f in flags):  # the scenes file, written once beside the images
         composites = write_composites(images.with_name(images.name + "-composites.txt"), concept)
         flags = [f.format(composites=composites) for f in flags]
+    flags = [f.replace("{prompt_backgrounds}", world_backgrounds(allowed_colours(concept))) for f in flags]
     return [
         sys.executable, "-m", "cdvideo", "train",
         "--images", str(images), "--class-word", concept["class_word"], "--token", concept["token"],
