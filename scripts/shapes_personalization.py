@@ -75,6 +75,9 @@ TRAININGS = {
     # and each photo painted on each world colour that stands apart from the subject, its caption naming it
     "token_video_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", WORLD_BACKGROUNDS,
                                 "--instance-prompt", "a {token} {class_word} on a {background} background"],
+    # painted contexts on single images (no still clips, so no context learns to stand still)
+    "token_backgrounds": ["--binding", "token", "--frames", "1", "--backgrounds", WORLD_BACKGROUNDS,
+                          "--instance-prompt", "a {token} {class_word} on a {background} background"],
     # the same, painted only on the colours the prompts may use ({prompt_backgrounds}: allowed_colours; no green
     # beside yellow and blue), as session 13's photos in several contexts were
     "token_video_prompt_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", "{prompt_backgrounds}",
@@ -115,6 +118,7 @@ ROWS = {
     "video_subject": dict(training="token_video_subject", render_defaults=True),
     "video_composites": dict(training="token_video_composites", render_defaults=True),
     "video_backgrounds": dict(training="token_video_backgrounds", render_defaults=True),
+    "backgrounds_images": dict(training="token_backgrounds", render_defaults=True),
     "video_prompt_backgrounds": dict(training="token_video_prompt_backgrounds", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
