@@ -36,13 +36,14 @@ import numpy as np
 
 from cdvideo.shapes.world import COLOURS
 
-# The Shapes world's six colours as `cdvideo train --backgrounds` takes them ("black=#191919, ..."), in the order of
-# session 14's tables (the order of the painted copies is the order training draws them in).
 def world_backgrounds(names=("black", "white", "red", "green", "blue", "yellow")) -> str:
+    """World colours as `cdvideo train --backgrounds` takes them ("black=#191919, ..."); the default order is that of
+    session 14's tables (the order of the painted copies is the order training draws them in)."""
     return ", ".join("{}=#{:02x}{:02x}{:02x}".format(name, *COLOURS[name]) for name in names)
 
 
 WORLD_BACKGROUNDS = world_backgrounds()
+BACKGROUND_CAPTION = ["--instance-prompt", "a {token} {class_word} on a {background} background"]  # for --backgrounds
 # Training variants: the flags each adds to the shared `cdvideo train` command.
 TRAININGS = {
     "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
@@ -74,14 +75,13 @@ TRAININGS = {
     "token_video_composites": ["--binding", "token", "--frames", "8", "--composites", "{composites}"],
     # and each photo painted on each world colour that stands apart from the subject, its caption naming it
     "token_video_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", WORLD_BACKGROUNDS,
-                                "--instance-prompt", "a {token} {class_word} on a {background} background"],
+                                *BACKGROUND_CAPTION],
     # painted contexts on single images (no still clips, so no context learns to stand still)
-    "token_backgrounds": ["--binding", "token", "--frames", "1", "--backgrounds", WORLD_BACKGROUNDS,
-                          "--instance-prompt", "a {token} {class_word} on a {background} background"],
+    "token_backgrounds": ["--binding", "token", "--frames", "1", "--backgrounds", WORLD_BACKGROUNDS, *BACKGROUND_CAPTION],
     # the same, painted only on the colours the prompts may use ({prompt_backgrounds}: allowed_colours; no green
     # beside yellow and blue), as session 13's photos in several contexts were
     "token_video_prompt_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", "{prompt_backgrounds}",
-                                       "--instance-prompt", "a {token} {class_word} on a {background} background"],
+                                       *BACKGROUND_CAPTION],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {

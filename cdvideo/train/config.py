@@ -30,11 +30,6 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
     return " ".join(template.format(token=token, class_word=class_word).split())
 
 
-def names_background(template: str) -> bool:
-    """Whether a caption template leaves its background to `--backgrounds` (names `{background}`)."""
-    return "{background}" in template
-
-
 @dataclass
 class ConceptData:
     """One subject to learn: a folder of photos and the class it belongs to."""

@@ -32,7 +32,7 @@ from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig, fill_prompt, names_background
+from cdvideo.train.config import TrainConfig, fill_prompt
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
                                 make_batch, paste_subject, plain_batch, read_composites, recolour_backgrounds, warn_if_few)
@@ -530,7 +530,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
 def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
     """--backgrounds needs subject masks and captions that name {background}; {background} needs --backgrounds."""
-    named = [names_background(c) for group in captions for c in group]
+    named = ["{background}" in c for group in captions for c in group]
     if not config.backgrounds:
         if any(named):
             raise ConfigError("a caption names {background}, which only --backgrounds fills: pass --backgrounds "
