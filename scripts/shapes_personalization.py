@@ -500,6 +500,29 @@ def per_seed_lines(results: list[dict], rows: list[str]) -> str:
     return "\n".join(lines)
 
 
+def by_background(results: list[dict], rows: list[str]) -> str:
+    """Each row's concept share and "everything" per background the prompts ask for, with the clip counts: the
+    concept's gaps are mostly one background where it is never drawn (docs/personalization.md), which the
+    whole-set means hide."""
+    from cdvideo.shapes.evaluate import markdown_table
+    from cdvideo.shapes.world import parse_caption
+
+    def background(clip):
+        return parse_caption(clip["prompt"]).background or "unsaid"
+
+    names = list(dict.fromkeys(background(r) for r in results))
+    lines = []
+    for row in rows:
+        mine = [r for r in results if r["row"] == row]
+        cells = []
+        for name in names:
+            here = [r for r in mine if background(r) == name]
+            cells.append(f"{_mean([r['concept'] for r in here]):.2f} / {_mean([r['everything'] for r in here]):.2f}"
+                         f" ({len(here)})" if here else "-")
+        lines.append([row, *cells])
+    return markdown_table(["concept / everything (clips)", *names], lines)
+
+
 def table(summary: dict[str, dict]) -> str:
     from cdvideo.shapes.evaluate import markdown_table
 
@@ -597,6 +620,7 @@ def main(argv=None) -> int:
         f"{preset.guidance_scale}; {args.train_seeds} training seed(s) per trained row. Mean [95 % bootstrap "
         f"interval] over clips (two levels with several training seeds: concepts, then clips).\n\n{text}\n\n"
         + (per_seed_lines(results, list(rows)) + "\n\n" if args.train_seeds > 1 else "") +
+        f"By the prompts' background:\n\n{by_background(results, list(rows))}\n\n" +
         f"Prompts: " + "; ".join(f"`{p}`" for p in prompts) + "\n\n"
         f"Command: `{command}` ({wall_s:.0f} s on {renderer.device}; rendering and judging {render_s:.0f} s)\n\n"
         + "".join(f"Training ({name}, {t['seconds']:.0f} s): `{t['command']}`\n\n" for name, t in trained.items())

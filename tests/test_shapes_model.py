@@ -248,6 +248,20 @@ def test_personalization_prompts_are_world_captions_of_every_kind():
     assert pooled[2] - pooled[1] < (two_level[2] - two_level[1]) / 3
 
 
+def test_personalization_report_splits_each_row_by_the_prompts_background():
+    """A concept never drawn on one background shows there as 0.00, beside its share on the others."""
+    script = load_script("shapes_personalization")
+    clip = lambda row, prompt, concept, everything: dict(row=row, prompt=prompt, concept=concept, everything=everything)
+    results = [clip("defaults", "a <new1> circle on a black background", 1.0, 1.0),
+               clip("defaults", "a <new1> circle moving left on a black background", 0.5, 0.0),
+               clip("defaults", "a <new1> circle and a red square on a white background", 0.0, 0.0),
+               clip("plain", "a <new1> circle on a white background", 1.0, 1.0)]
+    lines = script.by_background(results, ["defaults", "plain"]).splitlines()
+    assert [cell.strip() for cell in lines[0].split("|")[2:4]] == ["black", "white"]
+    assert "0.75 / 0.50 (2)" in lines[2] and "0.00 / 0.00 (1)" in lines[2]
+    assert lines[3].split("|")[2].strip() == "-" and "1.00 / 1.00 (1)" in lines[3]
+
+
 def test_personalization_concepts_beyond_the_world_are_two_tone_circles_or_squares():
     import argparse
 
