@@ -94,3 +94,37 @@ def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys
                  "--model", "tiny", "--backgrounds", "white"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "NAME=#RRGGBB" in err[0]
+
+
+def test_photos_all_on_one_plain_background_are_warned_about(tmp_path):
+    """A concept learned on one backdrop is drawn poorly on others (docs/personalization.md): training says so, and
+    names --backgrounds where the photos have masks; photos on several backgrounds, or --backgrounds, train quietly."""
+    import warnings
+
+    from cdvideo.train.data import load_image_folder, warn_if_one_backdrop
+
+    def photos(folder, backgrounds, masks):
+        folder.mkdir()
+        for i, colour in enumerate(backgrounds):
+            image = np.full((32, 32, 3), colour, dtype=np.uint8)
+            image[20:32, 10 + i : 22 + i] = (235, 205, 40)  # a subject touching the border does not hide the backdrop
+            Image.fromarray(image).save(folder / f"{i}.png")
+            if masks:
+                mask = np.zeros((32, 32), dtype=np.uint8)
+                mask[20:32, 10 + i : 22 + i] = 255
+                Image.fromarray(mask).save(folder / f"{i}.mask.png")
+        return folder
+
+    black = [(25, 25, 25), (27, 24, 25), (25, 25, 30)]
+    with pytest.warns(UserWarning, match=r"all 3 photos .* same plain background \(#191919\).*--backgrounds 'NAME"):
+        train(tiny_config(photos(tmp_path / "masked", black, True), tmp_path / "a.safetensors", steps=1), progress=False)
+    with pytest.warns(UserWarning, match="give each a subject mask"):
+        warn_if_one_backdrop(load_image_folder(photos(tmp_path / "plain", black, False)), "plain", has_masks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_one_backdrop(load_image_folder(photos(tmp_path / "several", [(25, 25, 25), (240, 240, 240), (220, 40, 40)],
+                                                      False)), "several", has_masks=False)
+        noisy = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)  # photos, not backdrops
+        warn_if_one_backdrop([Image.fromarray(n) for n in noisy], "noisy", has_masks=False)
+        train(tiny_config(tmp_path / "masked", tmp_path / "b.safetensors", steps=1, backgrounds=TWO,
+                          instance_prompt="a {token} {class_word} on a {background} background"), progress=False)

@@ -75,6 +75,11 @@ def image_captions(folder: str | Path, default: str) -> list[str]:
     return captions
 
 
+def mask_paths(folder: str | Path) -> list[Path]:
+    """`NAME.mask.png` beside each image `NAME.png` of the folder (whether it exists or not)."""
+    return [p.with_name(p.stem + MASK_SUFFIX + ".png") for p in image_paths(Path(folder))]
+
+
 def load_subject_masks(folder: str | Path, images: list) -> list | None:
     """Each image's subject mask, in load_image_folder's order, as a PIL "L" image of the image's size: `NAME.mask.png`
     beside `NAME.png` (white = subject). None when the folder has no masks; an error naming the first image
@@ -82,8 +87,7 @@ def load_subject_masks(folder: str | Path, images: list) -> list | None:
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
-    paths = image_paths(folder)
-    found = [p.with_name(p.stem + MASK_SUFFIX + ".png") for p in paths]
+    paths, found = image_paths(folder), mask_paths(folder)
     if not any(f.is_file() for f in found):
         return None
     masks = []
@@ -196,6 +200,39 @@ def warn_if_few(images: list, folder: str) -> None:
             "rather than copying the photos",
             stacklevel=2,
         )
+
+
+def plain_backdrop(image, ring: float = 1 / 16, tolerance: int = 12, share: float = 0.9) -> tuple[int, int, int] | None:
+    """The photo's backdrop colour when its border is one plain colour (>= `share` of the outer `ring` of its side
+    within `tolerance` of the ring's median colour, per channel), else None. A subject touching the border is
+    allowed for: only most of the ring must agree."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    width = max(1, round(min(pixels.shape[:2]) * ring))
+    border = np.concatenate([pixels[:width].reshape(-1, 3), pixels[-width:].reshape(-1, 3),
+                             pixels[:, :width].reshape(-1, 3), pixels[:, -width:].reshape(-1, 3)])
+    median = np.median(border, axis=0)
+    if (np.abs(border - median).max(axis=1) <= tolerance).mean() < share:
+        return None
+    return tuple(int(c) for c in median.round())
+
+
+def warn_if_one_backdrop(images: list, folder: str, has_masks: bool, tolerance: int = 12) -> None:
+    """Warn when every photo shows its subject on the same plain backdrop. Measured on Shapes (docs/personalization.md,
+    sessions 9-14), a concept learned on one background is drawn poorly or not at all on others, while photos in
+    several contexts, or the same photos painted on several backgrounds, open them."""
+    if len(images) < 2:
+        return
+    backdrops = [plain_backdrop(image, tolerance=tolerance) for image in images]
+    if any(b is None for b in backdrops) or np.ptp(np.array(backdrops), axis=0).max() > tolerance:
+        return
+    colour = "#%02x%02x%02x" % backdrops[0]
+    remedy = ("or train each on several with --backgrounds 'NAME=#RRGGBB, ...'" if has_masks else
+              "or give each a subject mask (NAME.mask.png) and train them on several with --backgrounds")
+    warnings.warn(
+        f"{folder}: all {len(images)} photos show the subject on the same plain background ({colour}); a concept "
+        f"learned on one background is often not drawn on others: add photos in other contexts, {remedy}",
+        stacklevel=2,
+    )
 
 
 def _randint(generator: torch.Generator, low: int, high: int) -> int:

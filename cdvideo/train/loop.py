@@ -35,7 +35,8 @@ from cdvideo.train import checkpoints as ckpt
 from cdvideo.train.config import TrainConfig, fill_prompt
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
-                                make_batch, paste_subject, plain_batch, read_composites, recolour_backgrounds, warn_if_few)
+                                make_batch, mask_paths, paste_subject, plain_batch, read_composites, recolour_backgrounds,
+                                warn_if_few, warn_if_one_backdrop)
 from cdvideo.train.losses import (attention_loss, eos_positions, masked_diffusion_loss, spl_loss, subject_latent_mask,
                                   text_features)
 from cdvideo.train.scoring import (choose_scorer, diffusion_loss_at_fixed_noise, fidelity, sample_images)
@@ -149,6 +150,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject, --attention-loss-weight "
                               "and --composites need: put NAME.mask.png (white = subject) beside each NAME.png")
         instance_subjects.append(subjects or [None] * len(images))
+        if not config.backgrounds and not scenes:
+            warn_if_one_backdrop(images, concept.images,
+                                 has_masks=any(path.is_file() for path in mask_paths(concept.images)))
     # Photos in several contexts: each photo once per background colour, its caption naming it.
     check_backgrounds(config, instance_captions, instance_subjects)
     if config.backgrounds:
