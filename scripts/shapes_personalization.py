@@ -36,6 +36,7 @@ import numpy as np
 
 from cdvideo.shapes.world import COLOURS
 
+
 def world_backgrounds(names=("black", "white", "red", "green", "blue", "yellow")) -> str:
     """World colours as `cdvideo train --backgrounds` takes them ("black=#191919, ..."); the default order is that of
     session 14's tables (the order of the painted copies is the order training draws them in)."""
@@ -507,16 +508,15 @@ def by_background(results: list[dict], rows: list[str]) -> str:
     from cdvideo.shapes.evaluate import markdown_table
     from cdvideo.shapes.world import parse_caption
 
-    def background(clip):
-        return parse_caption(clip["prompt"]).background or "unsaid"
-
-    names = list(dict.fromkeys(background(r) for r in results))
+    grouped: dict[tuple[str, str], list[dict]] = {}  # (row, background) -> its clips, each caption parsed once
+    for r in results:
+        grouped.setdefault((r["row"], parse_caption(r["prompt"]).background or "unsaid"), []).append(r)
+    names = list(dict.fromkeys(background for _, background in grouped))
     lines = []
     for row in rows:
-        mine = [r for r in results if r["row"] == row]
         cells = []
         for name in names:
-            here = [r for r in mine if background(r) == name]
+            here = grouped.get((row, name), [])
             cells.append(f"{_mean([r['concept'] for r in here]):.2f} / {_mean([r['everything'] for r in here]):.2f}"
                          f" ({len(here)})" if here else "-")
         lines.append([row, *cells])

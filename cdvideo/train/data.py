@@ -202,7 +202,12 @@ def warn_if_few(images: list, folder: str) -> None:
         )
 
 
-def plain_backdrop(image, ring: float = 1 / 16, tolerance: int = 12, share: float = 0.9) -> tuple[int, int, int] | None:
+# How far (per RGB channel) a border pixel may lie from the border's median, and two photos' backdrops from each
+# other, and still count as one plain colour: JPEG noise and soft shadows stay inside it.
+BACKDROP_TOLERANCE = 12
+
+
+def plain_backdrop(image, ring: float = 1 / 16, tolerance: int = BACKDROP_TOLERANCE, share: float = 0.9) -> tuple[int, int, int] | None:
     """The photo's backdrop colour when its border is one plain colour (>= `share` of the outer `ring` of its side
     within `tolerance` of the ring's median colour, per channel), else None. A subject touching the border is
     allowed for: only most of the ring must agree."""
@@ -216,7 +221,7 @@ def plain_backdrop(image, ring: float = 1 / 16, tolerance: int = 12, share: floa
     return tuple(int(c) for c in median.round())
 
 
-def warn_if_one_backdrop(images: list, folder: str, has_masks: bool, tolerance: int = 12) -> None:
+def warn_if_one_backdrop(images: list, folder: str, has_masks: bool, tolerance: int = BACKDROP_TOLERANCE) -> None:
     """Warn when every photo shows its subject on the same plain backdrop. Measured on Shapes (docs/personalization.md,
     sessions 9-14), a concept learned on one background is drawn poorly or not at all on others, while photos in
     several contexts, or the same photos painted on several backgrounds, open them."""
