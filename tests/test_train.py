@@ -336,7 +336,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path, capsys):
 @pytest.mark.slow  # samples class images with the base model: tens of seconds on a busy CPU
 def test_prior_preservation_generates_class_images_with_the_base_model(dog_images, tmp_path):
     result = train(tiny_config(dog_images, tmp_path / "dog.safetensors", steps=1, with_prior_preservation=True,
-                               num_class_images=2), progress=False)
+                               num_class_images=2, binding="merged"), progress=False)
     generated = sorted((result.output_dir / "class_images" / "1-dog").glob("*.png"))
     assert [p.name for p in generated] == ["0000.png", "0001.png"]
     assert Image.open(generated[0]).size == (SIZE, SIZE)
@@ -391,6 +391,20 @@ def test_bound_training_sees_the_change_only_at_the_token(binding):
     remove()
     assert grads["a dog on grass"] == 0.0
     assert grads["a <new9> dog on grass"] > 0.0
+
+
+def test_prior_preservation_under_a_bound_binding_is_refused_before_any_work(dog_images, tmp_path, capsys):
+    """The class captions carry no token, so a bound change gets no gradient from them (the test above): the flag
+    would only double the learning rate. One line, before anything is loaded or generated."""
+    with pytest.raises(ConfigError, match="binding merged"):
+        tiny_config(dog_images, tmp_path / "c.safetensors", with_prior_preservation=True).check()
+    tiny_config(dog_images, tmp_path / "c.safetensors", with_prior_preservation=True, binding="merged").check()
+    out = tmp_path / "dog.safetensors"
+    assert main(["train", "--images", str(dog_images), "--class-word", "dog", "--model", "tiny", "--out", str(out),
+                 "--with-prior-preservation", "--binding", "region"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--with-prior-preservation does nothing with --binding region" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "dog-train").exists()
 
 
 def test_crossattn_cannot_be_bound(dog_images, tmp_path):

@@ -245,7 +245,7 @@ def test_learning_rate_scales_as_diffusers_custom_diffusion_scales_it(photos, tm
                               learning_rate=1e-5), progress=False)
     assert load_concept(plain.concept).training["learning_rate"] == pytest.approx(6e-5)
     prior = train(tiny_config(photos, tmp_path / "b.safetensors", steps=1, batch_size=2, learning_rate=1e-5,
-                              with_prior_preservation=True,
+                              with_prior_preservation=True, binding="merged",
                               concepts=[ConceptData(str(photos), "dog", class_images=str(photos))]), progress=False)
     assert load_concept(prior.concept).training["learning_rate"] == pytest.approx(4e-5)
     unscaled = train(tiny_config(photos, tmp_path / "c.safetensors", steps=1, batch_size=2, learning_rate=1e-5,

@@ -123,7 +123,8 @@ class TrainConfig:
     # Custom Diffusion's random rescale with "far away"/"zoomed in" prompt prefixes and a valid-region mask.
     augment: bool = True
     hflip: bool = True
-    with_prior_preservation: bool = False  # supported, but ClassDiffusion runs do not use it
+    # Supported with binding merged (a bound change never acts on the class captions), but ClassDiffusion runs do not use it.
+    with_prior_preservation: bool = False
     prior_loss_weight: float = 1.0
     num_class_images: int = 200  # generated per concept when its class_images folder is empty
     adam_beta1: float = 0.9
@@ -202,6 +203,13 @@ class TrainConfig:
         if self.background_target == "base" and self.binding == "merged":
             raise ConfigError("background_target base needs the base model for a caption without the token, which "
                               "merged training changes too: pass --binding token (or another bound binding)")
+        if self.with_prior_preservation and self.binding != "merged":
+            # The class captions carry no token, and a bound change acts only where its token stands, so the prior
+            # term gives the trained weights no gradient at all: it would only double the learning rate (the
+            # recipe's x2) and cost the class images' time.
+            raise ConfigError(f"--with-prior-preservation does nothing with --binding {self.binding}: the class captions "
+                              "have no token, so they see the base model exactly; drop it, or pass --binding merged "
+                              "(the paper's way)")
         if self.frames < 0:
             raise ConfigError(f"frames must be 1 or more (1: single images, the paper; 0: the model's choice), got {self.frames}")
         if self.frames > 1 and self.attention_loss_weight > 0:
