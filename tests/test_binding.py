@@ -254,3 +254,19 @@ def test_sidecar_records_binding_and_schedule_and_from_repeats_them(tiny_rendere
                             renderer=tiny_renderer, progress=False)
     assert not np.array_equal(first.frames, merged.frames)
     assert json.loads(merged.sidecar.read_text())["concepts"][0]["binding"] == "merged"
+
+
+def test_bench_binding_times_every_binding_and_leaves_the_pipeline_as_it_was(tiny_pipeline):
+    """scripts/bench_binding.py (issue 16's cost check) on the tiny model: each binding's UNet calls run, and the
+    concept comes off after each, so the rounds that follow start from the base model."""
+    from conftest import load_script
+
+    bench = load_script("bench_binding")
+    state, procs = snapshot(tiny_pipeline), processors(tiny_pipeline)
+    concept = make_concept(tiny_pipeline)
+    for binding in bench.BINDINGS:
+        assert bench.time_calls(tiny_pipeline, concept, binding, 64, 2, 1, torch.Generator().manual_seed(0)) > 0
+        assert_same_state(tiny_pipeline, state)
+        assert processors(tiny_pipeline) == procs
+    low, high = bench.bootstrap_interval([0.98, 1.01, 1.02, 1.03, 1.05])
+    assert 0.98 <= low <= 1.02 <= high <= 1.05
