@@ -13,7 +13,7 @@ The binding changes only the UNet's spatial cross-attentions (and one position m
 round includes: its first call sees new encoder states); the text encoder, the scheduler and the VAE decode are the
 same for every binding, so a render's ratio lies between 1 and the UNet's.
 
-    python scripts/bench_binding.py [--size 128] [--frames 8] [--rounds 6] [--calls 2] [--model-dir DIR]
+    python scripts/bench_binding.py [--size 128] [--frames 8] [--rounds 6] [--calls 2] [--model-dir DIR] [--device cpu]
 """
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ def time_calls(pipe, concept, binding: str, size: int, frames: int, calls: int, 
         states, negative = pipe.encode_prompt(PROMPT, pipe.unet.device, 1, True, NEGATIVE)
         states = torch.cat([negative, states]).repeat_interleave(frames, dim=0)  # as AnimateDiffPipeline batches them
         shape = (2, pipe.unet.config.in_channels, frames, size // 8, size // 8)
-        latents = torch.randn(shape, generator=generator)
+        device = pipe.unet.device
+        latents = torch.randn(shape, generator=generator).to(device, pipe.unet.dtype)
+        synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        synchronize()
         start = time.perf_counter()
         for t in np.linspace(900, 500, calls).round():
-            pipe.unet(latents, torch.tensor(int(t)), encoder_hidden_states=states)
+            pipe.unet(latents, torch.tensor(int(t), device=device), encoder_hidden_states=states)
+        synchronize()
         return (time.perf_counter() - start) / calls
 
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=6, help="rounds of every binding in a new order")
     parser.add_argument("--calls", type=int, default=2, help="UNet calls per binding and round")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the real-size random model is built once (default: a temporary folder)")
     args = parser.parse_args()
@@ -79,12 +84,12 @@ def main() -> None:
         if not marker.exists():
             build_realsize(model_dir)
             marker.touch()
-        pipe = Renderer(load_preset(str(model_dir)), device="cpu").pipeline
+        pipe = Renderer(load_preset(str(model_dir)), device=args.device).pipeline
         pipe.set_progress_bar_config(disable=True)
         concept = _random_concept(pipe)
         print(f"SD 1.5 + AnimateDiff v2 at real size (random weights), {args.size}x{args.size}, {args.frames} frames, "
               f"CFG batch 2; a random full-size concept; {args.rounds} rounds x {args.calls} UNet calls per binding; "
-              f"torch threads {torch.get_num_threads()}", flush=True)
+              f"{args.device}, torch threads {torch.get_num_threads()}", flush=True)
         generator = torch.Generator().manual_seed(0)
         time_calls(pipe, concept, "token", args.size, args.frames, 1, generator)  # warm-up: allocator, thread pool
         seconds = {b: [] for b in BINDINGS}
