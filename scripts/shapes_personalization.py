@@ -83,6 +83,9 @@ TRAININGS = {
     # beside yellow and blue), as session 13's photos in several contexts were
     "token_video_prompt_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", "{prompt_backgrounds}",
                                        *BACKGROUND_CAPTION],
+    # painted only on the bright colours (session 16: the backgrounds a concept trained on black is not drawn on)
+    "token_video_bright": ["--binding", "token", "--frames", "8", "--backgrounds",
+                           world_backgrounds(("black", "white", "yellow")), *BACKGROUND_CAPTION],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -121,6 +124,10 @@ ROWS = {
     "video_backgrounds": dict(training="token_video_backgrounds", render_defaults=True),
     "backgrounds_images": dict(training="token_backgrounds", render_defaults=True),
     "video_prompt_backgrounds": dict(training="token_video_prompt_backgrounds", render_defaults=True),
+    "video_bright": dict(training="token_video_bright", render_defaults=True),
+    # the painted concepts, region-bound with the preset's schedule (which the preset leaves out of region renders)
+    "video_backgrounds_schedule": dict(training="token_video_backgrounds", concept_binding="region",
+                                       concept_schedule="0:0.5, 0.3:1"),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
