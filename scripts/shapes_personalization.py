@@ -86,6 +86,13 @@ TRAININGS = {
     # painted only on the bright colours (session 16: the backgrounds a concept trained on black is not drawn on)
     "token_video_bright": ["--binding", "token", "--frames", "8", "--backgrounds",
                            world_backgrounds(("black", "white", "yellow")), *BACKGROUND_CAPTION],
+    # moving clips (session 17): the subject travels the world's 2 px a frame (1/16 of the side) left, right, up or
+    # down (or stays), its caption naming the way, instead of standing still in every clip
+    "token_video_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625",
+                           "--instance-prompt", "a {token} {class_word} {motion} on a black background"],
+    "token_video_bright_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625", "--backgrounds",
+                                  world_backgrounds(("black", "white", "yellow")),
+                                  "--instance-prompt", "a {token} {class_word} {motion} on a {background} background"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -125,6 +132,8 @@ ROWS = {
     "backgrounds_images": dict(training="token_backgrounds", render_defaults=True),
     "video_prompt_backgrounds": dict(training="token_video_prompt_backgrounds", render_defaults=True),
     "video_bright": dict(training="token_video_bright", render_defaults=True),
+    "video_moving": dict(training="token_video_moving", render_defaults=True),
+    "video_bright_moving": dict(training="token_video_bright_moving", render_defaults=True),
     # the painted concepts, region-bound with the preset's schedule (which the preset leaves out of region renders)
     "video_backgrounds_schedule": dict(training="token_video_backgrounds", concept_binding="region",
                                        concept_schedule="0:0.5, 0.3:1"),

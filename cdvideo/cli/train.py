@@ -50,6 +50,9 @@ _HELP = {
     "frames": "video-aware training: each image is a still clip of this many frames denoised through the model's "
               "motion module, as renders are (1: single images through the 2D UNet, the paper; 0: the model's "
               "train_frames, 8 for shapes, else 1; 8 frames cost 3.4x the time and 2x the memory of a step at SD size)",
+    "moving_clips": "with still clips (--frames): each clip's subject (needs masks NAME.mask.png) travels this share of "
+                    "the image side per frame, left, right, up or down (or stays, one clip in five), named by {motion} in "
+                    "the caption ('moving left'); 0 off; needs --no-augment (the Shapes world moves 0.0625)",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one)",

@@ -27,7 +27,8 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
     """A prompt template with its concept filled in; token None leaves the token out (the class phrase)."""
     if token is None:
         template = template.replace("{token}", "")
-    return " ".join(template.format(token=token, class_word=class_word).split())
+    # {motion} stays for the batch to fill: each moving clip names its own direction (--moving-clips).
+    return " ".join(template.format(token=token, class_word=class_word, motion="{motion}").split())
 
 
 @dataclass
@@ -107,6 +108,11 @@ class TrainConfig:
     # (the paper); 0: the model preset's `train_frames` (Shapes: 8; SD 1.5: single images). The noise is drawn
     # per frame; a step costs up to `frames` times a single image's (8 frames at SD size on the CPU: 3.4x, docs/training.md).
     frames: int = 0
+    # Moving clips (with frames > 1): each still clip's subject (cut out by its mask) instead travels this share of the
+    # image side per frame, left, right, up or down (or stays, one clip in five), over its photo's background, and the
+    # caption's `{motion}` names the way ("moving left"; empty for a clip that stays). The photos otherwise show the
+    # subject standing, which the still clips teach the token too. 0: off (still clips). The Shapes world moves 1/16.
+    moving_clips: float = 0.0
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -210,6 +216,15 @@ class TrainConfig:
             raise ConfigError(f"--with-prior-preservation does nothing with --binding {self.binding}: the class captions "
                               "have no token, so they see the base model exactly; drop it, or pass --binding merged "
                               "(the paper's way)")
+        if not 0 <= self.moving_clips < 0.5:
+            raise ConfigError(f"moving_clips is the share of the image side the subject moves per frame, in [0, 0.5) "
+                              f"(the Shapes world: 0.0625), got {self.moving_clips}")
+        if self.moving_clips > 0:
+            clash = ("random rescale (pass --no-augment)" if self.augment else "--loss-on-subject (drop it)"
+                     if self.loss_on_subject else "--with-prior-preservation (drop it)" if self.with_prior_preservation else "")
+            if clash:
+                raise ConfigError(f"--moving-clips moves each photo's subject over its own clip at full size, which "
+                                  f"rules out {clash}")
         if self.frames < 0:
             raise ConfigError(f"frames must be 1 or more (1: single images, the paper; 0: the model's choice), got {self.frames}")
         if self.frames > 1 and self.attention_loss_weight > 0:
@@ -229,13 +244,13 @@ class TrainConfig:
         for name in ("instance_prompt", "spl_prompt"):
             template = getattr(self, name)
             if name == "instance_prompt":  # filled by --backgrounds before the concept is
-                template = template.replace("{background}", "black")
+                template = template.replace("{background}", "black").replace("{motion}", "moving left")
             try:
                 filled = fill_prompt(template, "<t>", "c")
             except (KeyError, IndexError, ValueError):
                 filled = ""
             if "<t>" not in filled or "{class_word}" not in template:
-                also = " (and may name {background}, for --backgrounds)" if name == "instance_prompt" else ""
+                also = " (and may name {background} and {motion}, for --backgrounds and --moving-clips)" if name == "instance_prompt" else ""
                 raise ConfigError(f"{name} {getattr(self, name)!r} must name {{token}} and {{class_word}}{also} and "
                                   "nothing else in braces, e.g. 'photo of a {token} {class_word}'")
         tokens = self.tokens()

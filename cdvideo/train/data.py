@@ -347,15 +347,68 @@ class EpochSampler:
         self.cursor = int(state["cursor"])
 
 
+# The ways a moving clip goes (x, y per frame); "still" keeps the photo as it is. Drawn uniformly, as the Shapes world
+# draws its scenes' motions.
+MOVES: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+
+
+def moving_clip(image: torch.Tensor, subject: torch.Tensor, move: str, step: int, frames: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """`image` (3, s, s) as a clip (3, frames, s, s) whose subject (`subject`, (1, s, s) in [0, 1]) travels `step`
+    pixels a frame the way `move` says, over the photo's background with the subject's own place filled by the
+    background's median colour (exact for a plain backdrop or a --backgrounds colour). The start is drawn so that the
+    whole path stays inside the frame where it can (else the path is centred on the photo's place)."""
+    dx, dy = MOVES[move]
+    if move == "still" or step == 0:
+        return image.unsqueeze(1).expand(-1, frames, -1, -1).clone()
+    size = image.shape[-1]
+    inside = subject[0] > 0.5
+    background = image[:, ~inside]
+    fill = background.median(dim=1).values[:, None, None] if background.numel() else torch.zeros(3, 1, 1)
+    plate = subject * fill + (1 - subject) * image
+    rows, cols = torch.nonzero(inside, as_tuple=True)
+    travel = step * (frames - 1)
+    direction = dx or dy
+    low_edge, high_edge = (cols.min(), cols.max() + 1) if dx else (rows.min(), rows.max() + 1)
+    # Offsets o + direction * step * i, i = 0..frames-1, keep [low_edge, high_edge) inside [0, size).
+    first = -int(low_edge) + (travel if direction < 0 else 0)
+    last = size - int(high_edge) - (travel if direction > 0 else 0)
+    start = _randint(generator, first, last + 1) if first <= last else (first + last) // 2
+    clip = []
+    for i in range(frames):
+        shift = start + direction * step * i
+        shifts = (0, shift) if dx else (shift, 0)
+        moved_image, moved_subject = _shifted(image, shifts), _shifted(subject, shifts)
+        clip.append(moved_subject * moved_image + (1 - moved_subject) * plate)
+    return torch.stack(clip, dim=1)
+
+
+def _shifted(tensor: torch.Tensor, shifts: tuple[int, int]) -> torch.Tensor:
+    """(c, h, w) moved by (rows, cols) pixels; what comes in from outside is zero (no subject there)."""
+    out = torch.zeros_like(tensor)
+    h, w = tensor.shape[-2:]
+    dy, dx = shifts
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
+        tensor[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    return out
+
+
 def make_batch(examples: list[Example], indices: list[int], size: int, generator: torch.Generator,
-               augment: bool, hflip: bool, latent_factor: int = 8) -> dict:
+               augment: bool, hflip: bool, latent_factor: int = 8, moving: tuple[int, int] | None = None) -> dict:
     """Augment the chosen examples: pixels (b, 3, s, s), masks (b, 1, s/f, s/f) for the VAE's factor f, prompts,
-    concepts, and subjects (b, 1, s, s) when every example has a subject mask (else None)."""
+    concepts, and subjects (b, 1, s, s) when every example has a subject mask (else None). `moving` (pixels a frame,
+    frames): each example a moving clip instead, pixels (b, 3, frames, s, s), its caption's {motion} filled."""
     pixels, masks, prompts, subjects = [], [], [], []
     for index in indices:
         example = examples[index]
         image, mask, prompt, subject = random_rescale(example.image, example.prompt, size, generator, augment, hflip,
                                                       latent_factor, example.subject)
+        if moving is not None:
+            move = list(MOVES)[_randint(generator, 0, len(MOVES))]
+            image = moving_clip(image, subject, move, moving[0], moving[1], generator)
+            prompt = " ".join(prompt.replace("{motion}", "" if move == "still" else f"moving {move}").split())
         pixels.append(image)
         masks.append(mask)
         prompts.append(prompt)
@@ -365,7 +418,7 @@ def make_batch(examples: list[Example], indices: list[int], size: int, generator
         "masks": torch.stack(masks),
         "prompts": prompts,
         "concepts": [examples[i].concept for i in indices],
-        "subjects": None if any(s is None for s in subjects) else torch.stack(subjects),
+        "subjects": None if moving is not None or any(s is None for s in subjects) else torch.stack(subjects),
     }
 
 

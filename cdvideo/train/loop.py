@@ -145,7 +145,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         warn_if_few(images, concept.images)
         instance_images.append(images)
         instance_captions.append(image_captions(concept.images, config.instance_prompt))
-        subjects = load_subject_masks(concept.images, images) if uses_subjects or config.backgrounds else None
+        subjects = load_subject_masks(concept.images, images) \
+            if uses_subjects or config.backgrounds or config.moving_clips else None
         if uses_subjects and subjects is None:
             raise ConfigError(f"{concept.images} has no subject masks, which --loss-on-subject, --attention-loss-weight "
                               "and --composites need: put NAME.mask.png (white = subject) beside each NAME.png")
@@ -155,6 +156,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                                  has_masks=any(path.is_file() for path in mask_paths(concept.images)))
     # Photos in several contexts: each photo once per background colour, its caption naming it.
     check_backgrounds(config, instance_captions, instance_subjects)
+    check_moving_clips(config, instance_captions, instance_subjects)
     if config.backgrounds:
         colours = parse_backgrounds(config.backgrounds)
         for i, concept in enumerate(config.concepts):
@@ -225,6 +227,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unet = with_motion_module(preset, unet)
     # Loss masks live at latent resolution: SD's VAE downsamples by 8, smaller models (Shapes: 4) by less.
     latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    # Moving clips: the subject's pixels per frame (at least one) and the clip's frames.
+    moving = (max(1, round(config.moving_clips * size)), config.frames) if config.moving_clips else None
 
     # 4. Class images for prior preservation, made by the base model before anything changes.
     class_examples: list[Example] = []
@@ -375,14 +379,16 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         # every process; each micro-batch of each process trains its rows of it (_share).
         n, blocks = config.batch_size, processes * config.gradient_accumulation_steps
         batch = make_batch(examples, sampler.next_indices(n * blocks), size, generator, config.augment, config.hflip,
-                           latent_factor)
+                           latent_factor, moving)
         all_pixels, all_prompts = batch["pixels"], batch["prompts"]
         if class_sampler is not None:
             chosen = [class_examples[i] for i in class_sampler.next_indices(n * blocks)]
             prior = plain_batch([e.image for e in chosen], [e.prompt for e in chosen], size, latent_factor)
             all_pixels, all_prompts = torch.cat([all_pixels, prior["pixels"]]), all_prompts + prior["prompts"]
         shape = (len(all_prompts), vae.config.latent_channels, size // latent_factor, size // latent_factor)
-        all_draws = torch.randn(shape, generator=generator, dtype=vae.dtype)  # the VAE posterior's sample
+        # The VAE posterior's sample (one per frame of a moving clip, whose frames differ).
+        all_draws = torch.randn(shape if moving is None else (shape[0], config.frames, *shape[1:]), generator=generator,
+                                dtype=vae.dtype)
         # Video-aware training: noise per frame of the still clip (b, c, frames, h, w).
         all_noise = torch.randn(shape if config.frames == 1 else (*shape[:2], config.frames, *shape[2:]), generator=generator)
         all_timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, shape[:1], generator=generator)
@@ -392,10 +398,15 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                 prompts, masks = [all_prompts[i] for i in mine], batch["masks"][mine[:n]]
                 # Encode, noise, predict: the standard epsilon/v-prediction training step.
                 with torch.no_grad():
-                    posterior = vae.encode(all_pixels[mine].to(device, vae.dtype)).latent_dist
-                    latents = posterior.mean + posterior.std * all_draws[mine].to(device)
-                    latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8)
-                    if config.frames > 1:  # the photo as a still clip: (b, 4, frames, s/8, s/8)
+                    pixels = all_pixels[mine].to(device, vae.dtype)
+                    if moving is not None:  # a moving clip (b, 3, frames, s, s): every frame encoded
+                        pixels = pixels.transpose(1, 2).flatten(0, 1)
+                    posterior = vae.encode(pixels).latent_dist
+                    latents = posterior.mean + posterior.std * all_draws[mine].to(device).reshape(posterior.mean.shape)
+                    latents = latents.float() * vae.config.scaling_factor  # (b, 4, s/8, s/8), or (b * frames, ...)
+                    if moving is not None:  # (b, 4, frames, s/8, s/8)
+                        latents = latents.unflatten(0, (-1, config.frames)).transpose(1, 2)
+                    elif config.frames > 1:  # the photo as a still clip: (b, 4, frames, s/8, s/8)
                         latents = latents.unsqueeze(2).expand(-1, -1, config.frames, -1, -1)
                 noise, timesteps = all_noise[mine].to(device), all_timesteps[mine].to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -510,7 +521,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             "processes": accelerator.num_processes, "spl_weight": config.spl_weight,
             "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token,
             "frames": config.frames, "resolution": size, "seed": config.seed,
-            "images": [len(g) for g in instance_images], "backgrounds": config.backgrounds,
+            "images": [len(g) for g in instance_images], "backgrounds": config.backgrounds, "moving_clips": config.moving_clips,
             "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
@@ -547,6 +558,24 @@ def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: 
                           "'a {token} {class_word} on a {background} background'")
     if config.keep == "best":
         raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
+
+
+def check_moving_clips(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
+    """--moving-clips needs still clips to move, subject masks and captions that name {motion}; {motion} needs it."""
+    named = ["{motion}" in c for group in captions for c in group]
+    if not config.moving_clips:
+        if any(named):
+            raise ConfigError("a caption names {motion}, which only --moving-clips fills: pass --moving-clips 0.0625 "
+                              "or write the motion into the caption")
+        return
+    if config.frames < 2:
+        raise ConfigError("--moving-clips moves the subject over a clip, and this model trains single images: "
+                          "pass --frames 8 (or another count above 1)")
+    if any(s is None for group in subjects for s in group):
+        raise ConfigError("--moving-clips needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
+    if not all(named):
+        raise ConfigError("--moving-clips needs captions that name {motion}, e.g. --instance-prompt "
+                          "'a {token} {class_word} {motion} on a black background'")
 
 
 def _model_frames(preset, config: TrainConfig, say) -> int:
