@@ -90,6 +90,9 @@ TRAININGS = {
     # down (or stays), its caption naming the way, instead of standing still in every clip
     "token_video_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625",
                            "--instance-prompt", "a {token} {class_word} {motion} on a black background"],
+    "token_video_backgrounds_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625", "--backgrounds",
+                                       WORLD_BACKGROUNDS, "--instance-prompt",
+                                       "a {token} {class_word} {motion} on a {background} background"],
     "token_video_bright_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625", "--backgrounds",
                                   world_backgrounds(("black", "white", "yellow")),
                                   "--instance-prompt", "a {token} {class_word} {motion} on a {background} background"],
@@ -121,10 +124,12 @@ ROWS = {
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
     # `cdvideo render --concept X` with no other flag (the Shapes preset's concept_binding, region) for the concept
-    # that the documented training command trains with no variant flag (on Shapes: token-bound, still clips of 8
-    # frames). Until session 10 `defaults` trained on single images: that row is now `defaults_images`.
-    "defaults": dict(training="token_video", render_defaults=True),
-    "video_defaults": dict(training="token_video", render_defaults=True),  # session 11's name for the same row
+    # trained by the documented Shapes training command (session 17: token-bound, clips of 8 frames whose subject
+    # moves, the photos painted on black, white and yellow: `video_bright_moving`). Until session 10 `defaults`
+    # trained on single images (now `defaults_images`), until session 16 on still clips of the photos as given (now
+    # `video_defaults`).
+    "defaults": dict(training="token_video_bright_moving", render_defaults=True),
+    "video_defaults": dict(training="token_video", render_defaults=True),  # the default of sessions 11-16
     "defaults_images": dict(training="token", render_defaults=True),
     "video_subject": dict(training="token_video_subject", render_defaults=True),
     "video_composites": dict(training="token_video_composites", render_defaults=True),
@@ -133,6 +138,7 @@ ROWS = {
     "video_prompt_backgrounds": dict(training="token_video_prompt_backgrounds", render_defaults=True),
     "video_bright": dict(training="token_video_bright", render_defaults=True),
     "video_moving": dict(training="token_video_moving", render_defaults=True),
+    "video_backgrounds_moving": dict(training="token_video_backgrounds_moving", render_defaults=True),
     "video_bright_moving": dict(training="token_video_bright_moving", render_defaults=True),
     # the painted concepts, region-bound with the preset's schedule (which the preset leaves out of region renders)
     "video_backgrounds_schedule": dict(training="token_video_backgrounds", concept_binding="region",
