@@ -73,7 +73,7 @@ _HELP = {
     "keep": "last: final weights; best: best-scored checkpoint; all: keep every checkpoint",
     "score": "checkpoint score for --keep best: auto (CLIP-I if available, else held-out loss), heldout_loss, clip_i, dino_i",
     "holdout": "images per concept held out of training to score checkpoints (--keep best)",
-    "instance_prompt": "caption of the training images, with {token} and {class_word}",
+    "instance_prompt": "caption of the training images, with {token} and {class_word} (and {background}, {motion} for --backgrounds, --moving-clips)",
     "spl_prompt": "SPL's phrase, compared with and without {token}",
     "validation_prompt": "prompt of the validation video (default: 'a <new1> dog')",
     "validation_video": "render a short video with the motion module at the end",
