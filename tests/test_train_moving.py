@@ -103,3 +103,36 @@ def test_moving_clips_refuse_what_they_cannot_use_in_one_line_before_loading(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "needs subject masks" in err[0]
     assert not out.exists()
+
+
+def test_the_documented_shapes_training_command_runs_as_written(tmp_path):
+    """docs/personalization.md's Shapes training command (the one the example concept was trained with), on five photos
+    of the world's two-tone circle with their masks, shortened to 2 steps: it trains, and the concept records what it
+    was trained with."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from cdvideo.concept import load_concept
+    from cdvideo.shapes.world import concept_scene, draw_frame, shape_mask
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "personalization.md").read_text()
+    block = re.search(r"\n    (cdvideo train --model shapes .*?)\n    cdvideo render", doc, re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(5):
+        scene = concept_scene(np.random.default_rng(seed))
+        Image.fromarray(draw_frame(scene, 0)).save(photos / f"{seed}.png")
+        obj = scene.objects[0]
+        Image.fromarray(shape_mask(obj.shape, obj.x, obj.y, obj.extent).astype(np.uint8) * 255).save(photos / f"{seed}.mask.png")
+    argv = [a.replace("photos/", str(photos)).replace("circle.safetensors", str(tmp_path / "circle.safetensors"))
+            for a in argv[1:]]
+    argv[argv.index("--steps") + 1] = "2"
+    assert main(argv + ["--checkpoint-every", "2", "--no-validation-video", "--device", "cpu"]) == 0
+    training = load_concept(tmp_path / "circle.safetensors").training
+    assert training["moving_clips"] == 0.0625 and training["frames"] == 8 and training["binding"] == "token"
+    assert training["images"] == [10]  # each photo on black and white; yellow, the upper half's own colour, is skipped
