@@ -147,3 +147,14 @@ def weights_of(pipeline) -> dict[str, torch.Tensor]:
     state = {f"unet.{k}": v.clone() for k, v in pipeline.unet.state_dict().items()}
     state.update({f"text.{k}": v.clone() for k, v in pipeline.text_encoder.state_dict().items()})
     return state
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Training that gets as far as loading a model fails the test: bad input is refused before any heavy work."""
+    import cdvideo.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)

@@ -198,13 +198,7 @@ def test_the_losses_change_training_and_are_logged(tmp_path):
     assert any(not torch.equal(ca.deltas[k], cb.deltas[k]) for k in cb.deltas)
 
 
-def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, monkeypatch):
-    import cdvideo.models
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+def test_subject_losses_refuse_bad_settings_before_loading(tmp_path, capsys, no_model_loading):
     plain = tmp_path / "plain"
     make_masked_images(plain)
     for path in plain.glob("*.mask.png"):

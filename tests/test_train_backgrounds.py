@@ -67,13 +67,7 @@ def test_training_sees_every_photo_on_every_background_with_its_caption(tmp_path
     assert any(not np.array_equal(a.deltas[k].numpy(), b.deltas[k].numpy()) for k in b.deltas)
 
 
-def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys, monkeypatch):
-    import cdvideo.models
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+def test_backgrounds_refuse_what_they_cannot_use_before_loading(tmp_path, capsys, no_model_loading):
     masked = make_masked_images(tmp_path / "dog")
     with pytest.raises(ConfigError, match=r"--backgrounds needs captions that name \{background\}"):
         train(tiny_config(masked, tmp_path / "x.safetensors", backgrounds=TWO), progress=False)

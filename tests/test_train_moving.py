@@ -73,13 +73,7 @@ def test_training_names_each_clip_s_motion_and_learns_another_concept(tmp_path, 
     assert any(not torch.equal(moving.deltas[k], still.deltas[k]) for k in still.deltas)
 
 
-def test_moving_clips_refuse_what_they_cannot_use_in_one_line_before_loading(tmp_path, capsys, monkeypatch):
-    import cdvideo.models
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+def test_moving_clips_refuse_what_they_cannot_use_in_one_line_before_loading(tmp_path, capsys, no_model_loading):
     masked = make_masked_images(tmp_path / "dog")
     out = tmp_path / "x.safetensors"
 

@@ -67,13 +67,7 @@ def test_frames_train_through_the_motion_module_and_leave_it_unchanged(dog_image
     assert any(not torch.equal(concept.deltas[k], single.deltas[k]) for k in single.deltas)
 
 
-def test_frames_refuse_what_they_cannot_do_in_one_line_before_loading(tmp_path, capsys, monkeypatch):
-    import cdvideo.models
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(cdvideo.models, "load_training_components", no_load)
+def test_frames_refuse_what_they_cannot_do_in_one_line_before_loading(tmp_path, capsys, no_model_loading):
     images = make_images(tmp_path / "dog")
     out = tmp_path / "x.safetensors"
     with pytest.raises(ConfigError, match="frames must be 1 or more"):

@@ -545,37 +545,36 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
 def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
     """--backgrounds needs subject masks and captions that name {background}; {background} needs --backgrounds."""
-    named = ["{background}" in c for group in captions for c in group]
-    if not config.backgrounds:
-        if any(named):
-            raise ConfigError("a caption names {background}, which only --backgrounds fills: pass --backgrounds "
-                              "'NAME=#RRGGBB, ...' or write the background into the caption")
-        return
-    if any(s is None for group in subjects for s in group):
-        raise ConfigError("--backgrounds needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
-    if not all(named):
-        raise ConfigError("--backgrounds needs captions that name {background}, e.g. --instance-prompt "
-                          "'a {token} {class_word} on a {background} background'")
-    if config.keep == "best":
+    if _check_named_option(bool(config.backgrounds), "{background}", "--backgrounds",
+                           "--backgrounds 'NAME=#RRGGBB, ...'", "'a {token} {class_word} on a {background} background'",
+                           captions, subjects) and config.keep == "best":
         raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
 
 
 def check_moving_clips(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
-    """--moving-clips needs still clips to move, subject masks and captions that name {motion}; {motion} needs it."""
-    named = ["{motion}" in c for group in captions for c in group]
-    if not config.moving_clips:
-        if any(named):
-            raise ConfigError("a caption names {motion}, which only --moving-clips fills: pass --moving-clips 0.0625 "
-                              "or write the motion into the caption")
-        return
-    if config.frames < 2:
+    """--moving-clips needs clips to move, subject masks and captions that name {motion}; {motion} needs it."""
+    if _check_named_option(bool(config.moving_clips), "{motion}", "--moving-clips", "--moving-clips 0.0625",
+                           "'a {token} {class_word} {motion} on a black background'", captions, subjects) \
+            and config.frames < 2:
         raise ConfigError("--moving-clips moves the subject over a clip, and this model trains single images: "
                           "pass --frames 8 (or another count above 1)")
+
+
+def _check_named_option(on: bool, placeholder: str, option: str, usage: str, caption: str, captions: list[list[str]],
+                        subjects: list[list]) -> bool:
+    """An option that fills a caption placeholder and moves or paints the subject: on, it needs subject masks and
+    captions that name the placeholder; off, no caption may name it. Returns `on`."""
+    named = [placeholder in c for group in captions for c in group]
+    if not on:
+        if any(named):
+            raise ConfigError(f"a caption names {placeholder}, which only {option} fills: pass {usage} "
+                              f"or write it into the caption")
+        return False
     if any(s is None for group in subjects for s in group):
-        raise ConfigError("--moving-clips needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
+        raise ConfigError(f"{option} needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
     if not all(named):
-        raise ConfigError("--moving-clips needs captions that name {motion}, e.g. --instance-prompt "
-                          "'a {token} {class_word} {motion} on a black background'")
+        raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}")
+    return True
 
 
 def _model_frames(preset, config: TrainConfig, say) -> int:
