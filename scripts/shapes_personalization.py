@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdvideo.shapes.world import COLOURS
+from cdvideo.shapes.world import COLOURS, SIZE, SPEED
 
 
 def world_backgrounds(names=("black", "white", "red", "green", "blue", "yellow")) -> str:
@@ -45,6 +45,11 @@ def world_backgrounds(names=("black", "white", "red", "green", "blue", "yellow")
 
 WORLD_BACKGROUNDS = world_backgrounds()
 BACKGROUND_CAPTION = ["--instance-prompt", "a {token} {class_word} on a {background} background"]  # for --backgrounds
+# The colours a concept trained on black is not drawn on (session 16), beside black: the Shapes default since session 17.
+BRIGHT_BACKGROUNDS = world_backgrounds(("black", "white", "yellow"))
+# Moving clips at the world's own speed (SPEED pixels a frame of SIZE: 0.0625), each caption naming its clip's way.
+MOVING_CLIPS = ["--moving-clips", str(SPEED / SIZE)]
+MOVING_BACKGROUND_CAPTION = ["--instance-prompt", "a {token} {class_word} {motion} on a {background} background"]
 # Training variants: the flags each adds to the shared `cdvideo train` command.
 TRAININGS = {
     "custom_diffusion": ["--spl-weight", "0", "--binding", "merged"],
@@ -84,18 +89,15 @@ TRAININGS = {
     "token_video_prompt_backgrounds": ["--binding", "token", "--frames", "8", "--backgrounds", "{prompt_backgrounds}",
                                        *BACKGROUND_CAPTION],
     # painted only on the bright colours (session 16: the backgrounds a concept trained on black is not drawn on)
-    "token_video_bright": ["--binding", "token", "--frames", "8", "--backgrounds",
-                           world_backgrounds(("black", "white", "yellow")), *BACKGROUND_CAPTION],
+    "token_video_bright": ["--binding", "token", "--frames", "8", "--backgrounds", BRIGHT_BACKGROUNDS, *BACKGROUND_CAPTION],
     # moving clips (session 17): the subject travels the world's 2 px a frame (1/16 of the side) left, right, up or
     # down (or stays), its caption naming the way, instead of standing still in every clip
-    "token_video_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625",
+    "token_video_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS,
                            "--instance-prompt", "a {token} {class_word} {motion} on a black background"],
-    "token_video_backgrounds_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625", "--backgrounds",
-                                       WORLD_BACKGROUNDS, "--instance-prompt",
-                                       "a {token} {class_word} {motion} on a {background} background"],
-    "token_video_bright_moving": ["--binding", "token", "--frames", "8", "--moving-clips", "0.0625", "--backgrounds",
-                                  world_backgrounds(("black", "white", "yellow")),
-                                  "--instance-prompt", "a {token} {class_word} {motion} on a {background} background"],
+    "token_video_backgrounds_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                       WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
+    "token_video_bright_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                  BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -326,8 +328,6 @@ def train_seeds(args) -> list[int]:
 
 def train_command(args, images: Path, concept: dict, flags: list[str], out: Path, seed: int) -> list[str]:
     """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
-    from cdvideo.shapes.world import SIZE
-
     if any("{composites}" in f for f in flags):  # the scenes file, written once beside the images
         composites = write_composites(images.with_name(images.name + "-composites.txt"), concept)
         flags = [f.format(composites=composites) for f in flags]

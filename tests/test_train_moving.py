@@ -107,22 +107,14 @@ def test_the_documented_shapes_training_command_runs_as_written(tmp_path):
     import shlex
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from cdvideo.concept import load_concept
-    from cdvideo.shapes.world import concept_scene, draw_frame, shape_mask
+    from cdvideo.shapes.world import CONCEPT
+    from conftest import load_script
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "personalization.md").read_text()
     block = re.search(r"\n    (cdvideo train --model shapes .*?)\n    cdvideo render", doc, re.S).group(1)
     argv = shlex.split(block.replace("\\\n", " "))
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for seed in range(5):
-        scene = concept_scene(np.random.default_rng(seed))
-        Image.fromarray(draw_frame(scene, 0)).save(photos / f"{seed}.png")
-        obj = scene.objects[0]
-        Image.fromarray(shape_mask(obj.shape, obj.x, obj.y, obj.extent).astype(np.uint8) * 255).save(photos / f"{seed}.mask.png")
+    photos = load_script("shapes_personalization").write_training_images(tmp_path / "photos", CONCEPT)  # with masks
     argv = [a.replace("photos/", str(photos)).replace("circle.safetensors", str(tmp_path / "circle.safetensors"))
             for a in argv[1:]]
     argv[argv.index("--steps") + 1] = "2"
