@@ -344,10 +344,16 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         "--initializer-token", concept["class_word"],
         "--seed", str(seed), "--checkpoint-every", str(args.steps), "--no-validation-video",
         "--device", args.device, *flags,
-        # Variants that name no --frames train on single images, as they did before the Shapes model's default
-        # became still clips (session 11), so their concept files and tables keep their meaning.
-        *([] if "--frames" in flags else ["--frames", "1"]),
+        # Variants train what they name and nothing the model's training defaults added since: no --frames is single
+        # images (before session 11's still clips), no --backgrounds or --moving-clips is neither (before session
+        # 17's defaults), so their concept files and tables keep their meaning.
+        *(word for flag, neutral in NEUTRAL_FLAGS if flag not in flags for word in (flag, neutral)),
     ]
+
+
+# The flags a variant that does not name them trains with, and, per flag, the value that is its absence (what a
+# command recorded before the flag existed trained with).
+NEUTRAL_FLAGS = (("--backgrounds", ""), ("--moving-clips", "0"), ("--frames", "1"))
 
 
 def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dict[str, dict]:
@@ -398,9 +404,16 @@ def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dic
 
 def same_training(recorded: list[str], command: list[str]) -> bool:
     """Whether a concept trained by `recorded` is what `command` would train (the interpreter aside). Commands
-    recorded before `--frames` existed trained single images, which `--frames 1` now says."""
-    recorded, command = recorded[1:], command[1:]
-    return recorded == command or (command[-2:] == ["--frames", "1"] and recorded == command[:-2])
+    recorded before a flag of NEUTRAL_FLAGS was passed explicitly trained with its neutral value, which the command now
+    says at its end."""
+    def explicit(words: list[str]) -> list[str]:
+        words = list(words[1:])
+        for flag, neutral in reversed(NEUTRAL_FLAGS):  # the neutral pairs sit at the end, in this order
+            if words[-2:] == [flag, neutral]:
+                words = words[:-2]
+        return words
+
+    return explicit(recorded) == explicit(command)
 
 
 def base_prompt(prompt: str, tokens: list[str]) -> str:

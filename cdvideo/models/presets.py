@@ -76,6 +76,11 @@ class ModelPreset:
     # --frames is not given; 0 (or 1): single images through the 2D UNet, the paper's way. Shapes measures 8
     # (docs/personalization.md, session 11); SD 1.5 presets keep single images (a clip costs frames x an image).
     train_frames: int = 0
+    # `cdvideo train`'s settings for this model, by TrainConfig field name (steps, learning_rate, instance_prompt,
+    # backgrounds, ...): what a run takes where neither a flag nor --config gives a value. Shapes carries its
+    # measured training command here (docs/personalization.md), so `cdvideo train --model shapes --images DIR
+    # --class-word circle` trains as the tables did; SD 1.5 presets carry none (ClassDiffusion's recipe).
+    train_defaults: dict[str, Any] = field(default_factory=dict)
     # phi of guidance rescale (cdvideo.guidance); 0 is off, as diffusers' default.
     guidance_rescale: float = 0.0
     fps: int = 8

@@ -31,6 +31,26 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
     return " ".join(template.format(token=token, class_word=class_word, motion="{motion}").split())
 
 
+# What a model's `train_defaults` may not give: the run's own data, files and model.
+RUN_SETTINGS = ("concepts", "out", "output_dir", "model", "resume", "from_model")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def with_model_defaults(settings: dict[str, Any], defaults: dict[str, Any], source: str) -> dict[str, Any]:
+    """`settings` (from --config and flags) over a model preset's `train_defaults`, the names taken from the model
+    listed under `from_model`. A default that is not a training setting is refused, naming it and `source`."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_SETTINGS)
+    unknown = sorted(set(defaults) - names)
+    if unknown:
+        raise ConfigError(f"{source}: train_defaults has unknown setting(s) {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(sorted(names))}")
+    taken = [name for name in defaults if name not in settings]
+    return {**{name: defaults[name] for name in taken}, **settings, "from_model": taken}
+
+
 @dataclass
 class ConceptData:
     """One subject to learn: a folder of photos and the class it belongs to."""
@@ -118,7 +138,8 @@ class TrainConfig:
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
     # official code gets from transformers because SD 1.5's config says eos_token_id 2.
     spl_pooling: str = "eos"
-    # A rare, unrelated token, so the new token starts without the class's meaning.
+    # A rare, unrelated token, so the new token starts without the class's meaning; "{class_word}" starts each
+    # concept's token from its own class word (textual inversion's habit; the Shapes model's training default).
     initializer_token: str = "ktn"
     # The caption of every training image ({token} and {class_word} filled in per concept): the
     # official runs' "photo of a <new1> dog". A model trained on captions of another form wants its
@@ -155,10 +176,20 @@ class TrainConfig:
     # Continue from the last checkpoint in output_dir; only `steps` (and bookkeeping) may differ.
     resume: bool = False
     device: str = "auto"
+    # The settings above that came from the model's `train_defaults` (no flag or --config key gave them): recorded
+    # in config.yaml, and named by the errors they cause, with the flag that turns each off.
+    from_model: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "train config", model_defaults: bool = False) -> "TrainConfig":
+        """Typed and checked settings; with `model_defaults`, over the model preset's `train_defaults` (as the
+        CLI does), so a run that names only its photos trains as the model's documentation measured."""
         data = dict(data)
+        if model_defaults:
+            from cdvideo.models import load_preset  # YAML only: no torch
+
+            preset = load_preset(str(data.get("model") or DEFAULT_MODEL))
+            data = with_model_defaults(data, preset.train_defaults, f"model {preset.name}")
         data["concepts"] = from_dicts(ConceptData, data.get("concepts"), f"{source}: concepts")
         return from_dict(cls, data, source)
 
@@ -216,6 +247,11 @@ class TrainConfig:
             raise ConfigError(f"--with-prior-preservation does nothing with --binding {self.binding}: the class captions "
                               "have no token, so they see the base model exactly; drop it, or pass --binding merged "
                               "(the paper's way)")
+        try:
+            self.initializer_token.format(class_word="c")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"initializer_token {self.initializer_token!r}: give a word, or {{class_word}} for each "
+                              "concept's own class word") from None
         if not 0 <= self.moving_clips < 0.5:
             raise ConfigError(f"moving_clips is the share of the image side the subject moves per frame, in [0, 0.5) "
                               f"(the Shapes world: 0.0625), got {self.moving_clips}")
@@ -224,7 +260,7 @@ class TrainConfig:
                      if self.loss_on_subject else "--with-prior-preservation (drop it)" if self.with_prior_preservation else "")
             if clash:
                 raise ConfigError(f"--moving-clips moves each photo's subject over its own clip at full size, which "
-                                  f"rules out {clash}")
+                                  f"rules out {clash}" + self.model_default("moving_clips", "pass --moving-clips 0 to train without it"))
         if self.frames < 0:
             raise ConfigError(f"frames must be 1 or more (1: single images, the paper; 0: the model's choice), got {self.frames}")
         if self.frames > 1 and self.attention_loss_weight > 0:
@@ -261,6 +297,10 @@ class TrainConfig:
                 raise ConfigError(f"concept {concept.images!r} has no class word: pass --class-word dog")
             if not token or any(c.isspace() for c in token):
                 raise ConfigError(f"token {token!r} must be one word without spaces, e.g. <new1>")
+
+    def model_default(self, name: str, advice: str) -> str:
+        """" (--NAME is a training default of model M: ADVICE)" when setting `name` came from the model, else ""."""
+        return f" ({_flag(name)} is a training default of model {self.model}: {advice})" if name in self.from_model else ""
 
     def tokens(self) -> list[str]:
         return [c.token or f"<new{i + 1}>" for i, c in enumerate(self.concepts)]

@@ -216,9 +216,12 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         if len(pieces) != 1:
             say(f"class word {concept.class_word!r} is {len(pieces)} tokens ({' '.join(pieces)}), not one: "
                 "SPL still works, but the class feature is less specific")
-    init_ids = tokenizer.encode(config.initializer_token, add_special_tokens=False)
-    if not init_ids:
-        raise ConfigError(f"initializer_token {config.initializer_token!r} tokenizes to nothing")
+    # One initializer word per concept: "{class_word}" starts each new token from its own class word.
+    init_words = [config.initializer_token.format(class_word=c.class_word) for c in config.concepts]
+    init_ids = [tokenizer.encode(word, add_special_tokens=False) for word in init_words]
+    for word, ids in zip(init_words, init_ids):
+        if not ids:
+            raise ConfigError(f"initializer_token {word!r} tokenizes to nothing")
     table = text_encoder.get_input_embeddings()
     if len(tokenizer) != table.num_embeddings:
         raise ConfigError(f"tokenizer ({len(tokenizer)}) and text encoder ({table.num_embeddings}) sizes differ")
@@ -267,8 +270,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
     # 5. Add the new tokens (initialised from the rare token) and choose what trains.
     tokenizer.add_tokens(tokens)
-    init_row = table.weight.detach()[init_ids].mean(dim=0)  # a multi-piece initializer: the mean of its pieces
-    embedding = NewTokenEmbedding(table, init_row.repeat(len(tokens), 1))  # (k, d)
+    # A multi-piece initializer: the mean of its pieces.
+    init_rows = torch.stack([table.weight.detach()[ids].mean(dim=0) for ids in init_ids])
+    embedding = NewTokenEmbedding(table, init_rows)  # (k, d)
     text_encoder.set_input_embeddings(embedding)
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
@@ -545,35 +549,40 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
 
 def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
     """--backgrounds needs subject masks and captions that name {background}; {background} needs --backgrounds."""
-    if _check_named_option(bool(config.backgrounds), "{background}", "--backgrounds",
-                           "--backgrounds 'NAME=#RRGGBB, ...'", "'a {token} {class_word} on a {background} background'",
-                           captions, subjects) and config.keep == "best":
+    if _check_named_option(config, "backgrounds", "{background}", "'NAME=#RRGGBB, ...'", "''",
+                           "'a {token} {class_word} on a {background} background'", captions, subjects) \
+            and config.keep == "best":
         raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
 
 
 def check_moving_clips(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
     """--moving-clips needs clips to move, subject masks and captions that name {motion}; {motion} needs it."""
-    if _check_named_option(bool(config.moving_clips), "{motion}", "--moving-clips", "--moving-clips 0.0625",
+    if _check_named_option(config, "moving_clips", "{motion}", "0.0625", "0",
                            "'a {token} {class_word} {motion} on a black background'", captions, subjects) \
             and config.frames < 2:
         raise ConfigError("--moving-clips moves the subject over a clip, and this model trains single images: "
                           "pass --frames 8 (or another count above 1)")
 
 
-def _check_named_option(on: bool, placeholder: str, option: str, usage: str, caption: str, captions: list[list[str]],
-                        subjects: list[list]) -> bool:
-    """An option that fills a caption placeholder and moves or paints the subject: on, it needs subject masks and
-    captions that name the placeholder; off, no caption may name it. Returns `on`."""
+def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage: str, off: str, caption: str,
+                        captions: list[list[str]], subjects: list[list]) -> bool:
+    """An option (setting `name`, given as --NAME USAGE, turned off by --NAME OFF) that fills a caption placeholder and
+    moves or paints the subject: on, it needs subject masks and captions that name the placeholder; off, no caption
+    may name it. An error caused by a model's training default says so. Returns whether the option is on."""
+    option = "--" + name.replace("_", "-")
     named = [placeholder in c for group in captions for c in group]
-    if not on:
+    if not getattr(config, name):
         if any(named):
-            raise ConfigError(f"a caption names {placeholder}, which only {option} fills: pass {usage} "
-                              f"or write it into the caption")
+            raise ConfigError(f"a caption names {placeholder}, which only {option} fills: pass {option} {usage} or "
+                              f"write it into the caption" + config.model_default(
+                                  "instance_prompt", f"pass an --instance-prompt without {placeholder}"))
         return False
+    without = config.model_default(name, f"pass {option} {off} to train without it")
     if any(s is None for group in subjects for s in group):
-        raise ConfigError(f"{option} needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png")
+        raise ConfigError(f"{option} needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png"
+                          + without)
     if not all(named):
-        raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}")
+        raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}" + without)
     return True
 
 

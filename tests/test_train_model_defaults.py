@@ -1,0 +1,132 @@
+"""A model preset's `train_defaults`: what `cdvideo train` takes where no flag or --config key gives a value."""
+
+import shlex
+import sys
+
+import pytest
+
+from cdvideo.cli import build_parser
+from cdvideo.cli.train import config_from_args
+from cdvideo.errors import ConfigError
+from cdvideo.models import load_preset, presets_dir
+from cdvideo.train.config import TrainConfig
+
+
+def parsed(argv: list[str]) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+# What a run names itself (its data, files, seed and bookkeeping) rather than how it trains.
+RUN_ONLY = ("concepts", "out", "output_dir", "from_model", "seed", "checkpoint_every", "validation_video", "device")
+
+
+def training_settings(config: TrainConfig) -> dict:
+    """The settings that decide the trained concept, the model's choices made explicit (frames 0 and resolution 0
+    mean the preset's)."""
+    preset = load_preset(config.model)
+    settings = {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY}
+    settings["frames"] = settings["frames"] or max(preset.train_frames, 1)
+    settings["resolution"] = settings["resolution"] or preset.height
+    settings["initializer_token"] = settings["initializer_token"].format(class_word=config.concepts[0].class_word)
+    return settings
+
+
+def test_the_short_shapes_command_trains_as_the_measured_one(tmp_path):
+    """`cdvideo train --model shapes --images DIR --class-word circle` with no other flag is the command the tables
+    measured (the script's `defaults` row), setting for setting: the model's defaults carry the rest."""
+    from conftest import load_script
+
+    script = load_script("shapes_personalization")
+    concept = script.concept_of("circle")
+    flags = script.TRAININGS[script.ROWS["defaults"]["training"]]
+    args = type("Args", (), {"model": "shapes", "steps": 1500, "learning_rate": 1e-3, "device": "cpu"})()
+    measured = script.train_command(args, tmp_path / "photos", concept, flags, tmp_path / "m.safetensors", 42)
+    assert measured[:4] == [sys.executable, "-m", "cdvideo", "train"]
+    short = parsed(["--model", "shapes", "--images", str(tmp_path / "photos"), "--class-word", "circle",
+                    "--out", str(tmp_path / "s.safetensors")])
+    assert training_settings(short) == training_settings(parsed(measured[4:]))
+    assert "backgrounds" in short.from_model and "moving_clips" in short.from_model
+
+
+def test_flags_and_config_files_override_the_model_defaults(tmp_path):
+    settings = tmp_path / "train.yaml"
+    settings.write_text("steps: 40\nbackgrounds: ''\n")
+    config = parsed(["--model", "shapes", "--images", "p", "--class-word", "circle", "--out", "c.safetensors",
+                     "--config", str(settings), "--learning-rate", "0.01", "--augment"])
+    assert (config.steps, config.backgrounds, config.learning_rate, config.augment) == (40, "", 0.01, True)
+    assert config.moving_clips == 0.0625 and "moving_clips" in config.from_model
+    assert not {"steps", "backgrounds", "learning_rate", "augment"} & set(config.from_model)
+    # --augment with the model's moving clips: refused in one line that names where the clips came from
+    with pytest.raises(ConfigError, match=r"--moving-clips is a training default of model shapes: pass --moving-clips 0"):
+        config.check()
+
+
+def test_a_model_without_train_defaults_keeps_the_recipe():
+    """SD 1.5 and the tiny model carry none: ClassDiffusion's official settings, nothing taken from the model."""
+    for model in ("tiny", "sd15-animatediff-v2"):
+        config = parsed(["--model", model, "--images", "p", "--class-word", "dog", "--out", "d.safetensors"])
+        assert config.from_model == [] and config.steps == 500 and config.initializer_token == "ktn"
+        assert config.instance_prompt == "photo of a {token} {class_word}" and config.augment
+
+
+def test_an_unknown_train_default_is_refused_naming_it(tmp_path):
+    model = tmp_path / "mine.yaml"
+    model.write_text((presets_dir() / "tiny.yaml").read_text() + "\ntrain_defaults:\n  stepz: 10\n")
+    with pytest.raises(ConfigError, match=r"model mine: train_defaults has unknown setting\(s\) 'stepz'"):
+        parsed(["--model", str(model), "--images", "p", "--class-word", "dog", "--out", "d.safetensors"])
+    model.write_text((presets_dir() / "tiny.yaml").read_text() + "\ntrain_defaults:\n  out: x.safetensors\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) 'out'"):
+        parsed(["--model", str(model), "--images", "p", "--class-word", "dog", "--out", "d.safetensors"])
+
+
+def test_the_run_prints_the_defaults_it_took_as_flags(tmp_path, capsys):
+    """The start of a run says what the model added, as flags a user can copy and change; an error it causes then
+    says which default to drop (here: photos without masks)."""
+    from cdvideo.cli import main
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in "abc":
+        Image.new("RGB", (32, 32), (25, 25, 25)).save(photos / f"{name}.png")
+    code = main(["train", "--model", "shapes", "--images", str(photos), "--class-word", "circle",
+                 "--out", str(tmp_path / "c.safetensors"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    line = next(l for l in out.splitlines() if l.startswith("model shapes's training defaults: "))
+    words = shlex.split(line.split(": ", 1)[1])
+    assert words[words.index("--moving-clips") + 1] == "0.0625" and "--no-augment" in words
+    assert words[words.index("--initializer-token") + 1] == "{class_word}"
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "needs subject masks" in err and "is a training default of model shapes: pass --" in err
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_the_model_directory_carries_the_shapes_training_defaults():
+    """The shipped model directory (`--model path/to/it`) trains as `--model shapes` does."""
+    from cdvideo.models import shapes_model_dir
+
+    assert load_preset(str(shapes_model_dir())).train_defaults == load_preset("shapes").train_defaults
+
+
+def test_each_token_starts_from_its_own_class_word(tmp_path):
+    """--initializer-token "{class_word}" starts each concept's token from its class word (nothing trained at
+    learning rate 0, so the written embeddings are the starting ones); a word in other braces is refused."""
+    import torch
+
+    from cdvideo.concept import load_concept
+    from cdvideo.train import ConceptData, train
+    from test_train import load_components, make_images, tiny_config
+
+    concepts = [ConceptData(str(make_images(tmp_path / "dog")), "dog"), ConceptData(str(make_images(tmp_path / "cat")), "cat")]
+    config = tiny_config(None, tmp_path / "two.safetensors", concepts=concepts, steps=1, learning_rate=0.0,
+                         initializer_token="{class_word}")
+    train(config, progress=False)
+    parts = load_components()
+    table = parts["text_encoder"].get_input_embeddings().weight
+    written = load_concept(tmp_path / "two.safetensors").tokens
+    for token, word in (("<new1>", "dog"), ("<new2>", "cat")):
+        ids = parts["tokenizer"].encode(word, add_special_tokens=False)
+        assert torch.equal(written[token].reshape(-1), table[ids].mean(dim=0).detach()), word
+    assert not torch.equal(written["<new1>"], written["<new2>"])
+    with pytest.raises(ConfigError, match=r"initializer_token '\{class\}': give a word, or \{class_word\}"):
+        TrainConfig(concepts=concepts, out="x.safetensors", initializer_token="{class}").check()
