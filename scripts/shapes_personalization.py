@@ -98,6 +98,9 @@ TRAININGS = {
                                        WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
     "token_video_bright_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
                                   BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
+    # and SPL ten times stronger (session 18): "<new1> circle" held closer to "circle" at the end of the text
+    "token_video_bright_moving_spl10": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                        BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--spl-weight", "10"],
 }
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
@@ -145,6 +148,12 @@ ROWS = {
     # the painted concepts, region-bound with the preset's schedule (which the preset leaves out of region renders)
     "video_backgrounds_schedule": dict(training="token_video_backgrounds", concept_binding="region",
                                        concept_schedule="0:0.5, 0.3:1"),
+    # The documented concept (session 17's default training) rendered other ways than the preset's region binding
+    # (session 18): token-bound with the preset's schedule (what `--concept-binding token` gives), region-bound with it.
+    "defaults_token": dict(training="token_video_bright_moving", concept_binding="token", concept_schedule="0:0.5, 0.3:1"),
+    "defaults_region_schedule": dict(training="token_video_bright_moving", concept_binding="region",
+                                     concept_schedule="0:0.5, 0.3:1"),
+    "defaults_spl10": dict(training="token_video_bright_moving_spl10", render_defaults=True),
     "defaults_guidance3": dict(training="token", render_defaults=True, guidance_scale=3.0),  # the preset's is 2
     "token_start": dict(training="token", concept_start=0.24),
     "token_schedule": dict(training="token", concept_schedule="0:0.5, 0.3:1"),
@@ -213,8 +222,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-seeds", type=int, default=1,
                         help="train every concept with this many seeds (--train-seed, +1, ...) and render each row "
                              "once per trained concept: the intervals then include the training's own spread")
-    parser.add_argument("--train-backgrounds", choices=["black", "varied"], default="black",
-                        help="the training images all on black, or on the prompts' backgrounds in turn (captioned)")
+    parser.add_argument("--train-backgrounds", choices=["black", "varied", "sizes"], default="black",
+                        help="the training images all on black, or on the prompts' backgrounds in turn (captioned), or "
+                             "sizes: on black, each also drawn small with a caption saying so (session 18)")
     parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images per concept")
     parser.add_argument("--prompts", type=int, default=16, help="compositional prompts per concept (a multiple of 4)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="draws the prompts: another seed, other prompts")
@@ -277,7 +287,8 @@ def compositional_prompts(concept: dict, n: int, seed: int = 0) -> list[str]:
 def write_training_images(folder: Path, concept: dict, backgrounds: str = "black", count: int = TRAIN_IMAGES) -> Path:
     """The concept's training images: world.concept_scene with seeds 0..4, 32x32 PNGs. "black": all on black,
     captioned by --instance-prompt; "varied": on the backgrounds a prompt may use, in turn, each with a
-    caption file naming its background (as a user's photos show the subject in several places)."""
+    caption file naming its background (as a user's photos show the subject in several places); "sizes": on black,
+    and each also with its subject small, that copy's caption file saying "small" (photos at two distances)."""
     from PIL import Image
 
     from cdvideo.shapes.world import concept_scene, draw_frame, shape_mask
@@ -292,8 +303,14 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
         obj = scene.objects[0]
         mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{seed}.mask.png")
-        if backgrounds != "black":
+        if backgrounds == "varied":
             (folder / f"{seed}.txt").write_text(f"a {{token}} {{class_word}} on a {background} background\n")
+        if backgrounds == "sizes":  # the same photo with its subject small, captioned so (session 18)
+            obj.size = "small"
+            Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}s.png")
+            mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{seed}s.mask.png")
+            (folder / f"{seed}s.txt").write_text("a small {token} {class_word} {motion} on a {background} background\n")
     return folder
 
 
