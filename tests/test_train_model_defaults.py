@@ -130,3 +130,22 @@ def test_each_token_starts_from_its_own_class_word(tmp_path):
     assert not torch.equal(written["<new1>"], written["<new2>"])
     with pytest.raises(ConfigError, match=r"initializer_token '\{class\}': give a word, or \{class_word\}"):
         TrainConfig(concepts=concepts, out="x.safetensors", initializer_token="{class}").check()
+
+
+def test_the_script_s_older_variants_train_without_the_new_defaults(tmp_path):
+    """scripts/shapes_personalization.py's rows from before session 17 (here still clips on black) pass the
+    neutral values of what the model's defaults added since, so their tables keep their meaning; and the concepts
+    cached under the commands recorded before (no such flags) are still reused."""
+    from conftest import load_script
+
+    script = load_script("shapes_personalization")
+    args = type("Args", (), {"model": "shapes", "steps": 1500, "learning_rate": 1e-3, "device": "cpu"})()
+    command = script.train_command(args, tmp_path / "photos", script.concept_of("circle"), script.TRAININGS["token_video"],
+                                   tmp_path / "c.safetensors", 42)
+    config = parsed(command[4:])
+    assert (config.backgrounds, config.moving_clips, config.frames) == ("", 0.0, 8)
+    assert config.instance_prompt == "a {token} {class_word} on a black background"
+    assert command[-4:] == ["--backgrounds", "", "--moving-clips", "0"]  # the variant names its own --frames 8
+    recorded_before = command[: command.index("--backgrounds")]  # session 11-16 recorded no such flags
+    assert script.same_training(recorded_before, command)
+    assert not script.same_training(recorded_before + ["--moving-clips", "0.0625"], command)
