@@ -149,3 +149,23 @@ def test_the_script_s_older_variants_train_without_the_new_defaults(tmp_path):
     recorded_before = command[: command.index("--backgrounds")]  # session 11-16 recorded no such flags
     assert script.same_training(recorded_before, command)
     assert not script.same_training(recorded_before + ["--moving-clips", "0.0625"], command)
+
+
+def test_a_run_resumes_whether_a_setting_came_from_the_model_or_a_flag(tmp_path, capsys):
+    """Started with every flag typed (the long command), resumed with the model's defaults giving them (the short
+    one): the same settings, so it resumes; a different value is still refused, naming the setting."""
+    from cdvideo.cli import main
+    from test_train import SIZE, make_images
+
+    model = tmp_path / "tinier.yaml"
+    model.write_text((presets_dir() / "tiny.yaml").read_text() + "\ntrain_defaults:\n  spl_weight: 0.5\n")
+    out = tmp_path / "dog.safetensors"
+    common = ["train", "--images", str(make_images(tmp_path / "dog")), "--class-word", "dog", "--out", str(out),
+              "--model", str(model), "--resolution", str(SIZE), "--checkpoint-every", "1", "--no-validation-video",
+              "--device", "cpu", "--quiet"]
+    assert main(common + ["--steps", "1", "--spl-weight", "0.5"]) == 0
+    assert main(common + ["--steps", "2", "--resume"]) == 0
+    capsys.readouterr()
+    assert main(common + ["--steps", "3", "--resume", "--spl-weight", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "spl_weight: 0.5 -> 1.0" in err and len(err.strip().splitlines()) == 1

@@ -24,6 +24,7 @@ TOKEN_ROWS = "token_rows"
 MAY_DIFFER_ON_RESUME = {
     "steps", "resume", "keep", "checkpoint_every", "validation_prompt", "validation_video", "out",
     "output_dir", "device", "score",
+    "from_model",  # where a setting came from (the model's defaults or a flag) does not change it
 }
 
 
