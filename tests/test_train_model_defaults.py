@@ -81,7 +81,7 @@ def test_an_unknown_train_default_is_refused_naming_it(tmp_path):
 
 def test_the_run_prints_the_defaults_it_took_as_flags(tmp_path, capsys):
     """The start of a run says what the model added, as flags a user can copy and change; an error it causes then
-    says which default to drop (here: photos without masks)."""
+    says which defaults to drop (here: photos without masks, which both the painting and the moving clips need)."""
     from cdvideo.cli import main
     from PIL import Image
 
@@ -97,7 +97,16 @@ def test_the_run_prints_the_defaults_it_took_as_flags(tmp_path, capsys):
     assert words[words.index("--moving-clips") + 1] == "0.0625" and "--no-augment" in words
     assert words[words.index("--initializer-token") + 1] == "{class_word}"
     assert code != 0 and len(err.strip().splitlines()) == 1
-    assert "needs subject masks" in err and "is a training default of model shapes: pass --" in err
+    # both mask-needing defaults named at once, with what turns each off, so a second try does not stop again
+    assert ("--backgrounds and --moving-clips need subject masks" in err and "are training defaults of model shapes: "
+            "pass --backgrounds '' --moving-clips 0 and an --instance-prompt without {background} {motion} to train "
+            "without" in err)
+    # as told (a caption of the user's own, the two options off), the same photos train
+    assert main(["train", "--model", "shapes", "--images", str(photos), "--class-word", "circle", "--out",
+                 str(tmp_path / "d.safetensors"), "--device", "cpu", "--backgrounds", "", "--moving-clips", "0",
+                 "--instance-prompt", "a {token} {class_word} on a black background", "--steps", "1",
+                 "--no-validation-video", "--quiet"]) == 0
+    assert (tmp_path / "d.safetensors").is_file()
     assert not (tmp_path / "c.safetensors").exists()
 
 

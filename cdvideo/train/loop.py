@@ -155,8 +155,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             warn_if_one_backdrop(images, concept.images,
                                  has_masks=any(path.is_file() for path in mask_paths(concept.images)))
     # Photos in several contexts: each photo once per background colour, its caption naming it.
-    check_backgrounds(config, instance_captions, instance_subjects)
-    check_moving_clips(config, instance_captions, instance_subjects)
+    check_subject_masks(config, instance_subjects)
+    check_backgrounds(config, instance_captions)
+    check_moving_clips(config, instance_captions)
     if config.backgrounds:
         colours = parse_backgrounds(config.backgrounds)
         for i, concept in enumerate(config.concepts):
@@ -547,28 +548,51 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     return result
 
 
-def check_backgrounds(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
-    """--backgrounds needs subject masks and captions that name {background}; {background} needs --backgrounds."""
-    if _check_named_option(config, "backgrounds", "{background}", "'NAME=#RRGGBB, ...'", "''",
-                           "'a {token} {class_word} on a {background} background'", captions, subjects) \
-            and config.keep == "best":
+# The options that paint or move the subject, each with the value that turns it off.
+SUBJECT_OPTIONS = {"backgrounds": "''", "moving_clips": "0"}
+
+
+def check_subject_masks(config: TrainConfig, subjects: list[list]) -> None:
+    """--backgrounds and --moving-clips cut the subject out by its mask: photos without masks get one error naming
+    every such option that is on, and how to turn off those the model's training defaults set."""
+    on = [name for name in SUBJECT_OPTIONS if getattr(config, name)]
+    if not on or all(s is not None for group in subjects for s in group):
+        return
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    defaults = [name for name in on if name in config.from_model]
+    said = ""
+    if defaults:
+        placeholders = [p for n, p in (("backgrounds", "{background}"), ("moving_clips", "{motion}"))
+                        if n in defaults and p in config.instance_prompt]
+        caption = (f" and an --instance-prompt without {' '.join(placeholders)}"
+                   if placeholders and "instance_prompt" in config.from_model else "")
+        said = (f" ({' and '.join(map(flag, defaults))} {'is a training default' if len(defaults) == 1 else 'are training defaults'}"
+                f" of model {config.model}: pass {' '.join(f'{flag(n)} {SUBJECT_OPTIONS[n]}' for n in defaults)}{caption} "
+                "to train without)")
+    raise ConfigError(f"{' and '.join(map(flag, on))} need{'s' if len(on) == 1 else ''} subject masks: put NAME.mask.png "
+                      f"(white = subject) beside each NAME.png{said}")
+
+
+def check_backgrounds(config: TrainConfig, captions: list[list[str]]) -> None:
+    """--backgrounds needs captions that name {background}; {background} needs --backgrounds."""
+    if _check_named_option(config, "backgrounds", "{background}", "'NAME=#RRGGBB, ...'",
+                           "'a {token} {class_word} on a {background} background'", captions) and config.keep == "best":
         raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
 
 
-def check_moving_clips(config: TrainConfig, captions: list[list[str]], subjects: list[list]) -> None:
-    """--moving-clips needs clips to move, subject masks and captions that name {motion}; {motion} needs it."""
-    if _check_named_option(config, "moving_clips", "{motion}", "0.0625", "0",
-                           "'a {token} {class_word} {motion} on a black background'", captions, subjects) \
-            and config.frames < 2:
+def check_moving_clips(config: TrainConfig, captions: list[list[str]]) -> None:
+    """--moving-clips needs clips to move and captions that name {motion}; {motion} needs it."""
+    if _check_named_option(config, "moving_clips", "{motion}", "0.0625",
+                           "'a {token} {class_word} {motion} on a black background'", captions) and config.frames < 2:
         raise ConfigError("--moving-clips moves the subject over a clip, and this model trains single images: "
                           "pass --frames 8 (or another count above 1)")
 
 
-def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage: str, off: str, caption: str,
-                        captions: list[list[str]], subjects: list[list]) -> bool:
-    """An option (setting `name`, given as --NAME USAGE, turned off by --NAME OFF) that fills a caption placeholder and
-    moves or paints the subject: on, it needs subject masks and captions that name the placeholder; off, no caption
-    may name it. An error caused by a model's training default says so. Returns whether the option is on."""
+def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage: str, caption: str,
+                        captions: list[list[str]]) -> bool:
+    """An option of SUBJECT_OPTIONS (setting `name`, given as --NAME USAGE) that fills a caption placeholder: on, every
+    caption names the placeholder; off, none does. An error caused by a model's training default says so. Returns
+    whether the option is on. (Its masks: check_subject_masks.)"""
     option = "--" + name.replace("_", "-")
     named = [placeholder in c for group in captions for c in group]
     if not getattr(config, name):
@@ -577,12 +601,9 @@ def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage:
                               f"write it into the caption" + config.model_default(
                                   "instance_prompt", f"pass an --instance-prompt without {placeholder}"))
         return False
-    without = config.model_default(name, f"pass {option} {off} to train without it")
-    if any(s is None for group in subjects for s in group):
-        raise ConfigError(f"{option} needs subject masks: put NAME.mask.png (white = subject) beside each NAME.png"
-                          + without)
     if not all(named):
-        raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}" + without)
+        raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}"
+                          + config.model_default(name, f"pass {option} {SUBJECT_OPTIONS[name]} to train without it"))
     return True
 
 
