@@ -343,6 +343,11 @@ def train_seeds(args) -> list[int]:
     return [args.train_seed + i for i in range(args.train_seeds)]
 
 
+# The flags a variant that does not name them trains with, and, per flag, the value that is its absence (what a
+# command recorded before the flag existed trained with).
+NEUTRAL_FLAGS = (("--backgrounds", ""), ("--moving-clips", "0"), ("--frames", "1"))
+
+
 def train_command(args, images: Path, concept: dict, flags: list[str], out: Path, seed: int) -> list[str]:
     """`cdvideo train` for one concept: the shipped defaults, the world's captions, and the variant's flags."""
     if any("{composites}" in f for f in flags):  # the scenes file, written once beside the images
@@ -366,11 +371,6 @@ def train_command(args, images: Path, concept: dict, flags: list[str], out: Path
         # 17's defaults), so their concept files and tables keep their meaning.
         *(word for flag, neutral in NEUTRAL_FLAGS if flag not in flags for word in (flag, neutral)),
     ]
-
-
-# The flags a variant that does not name them trains with, and, per flag, the value that is its absence (what a
-# command recorded before the flag existed trained with).
-NEUTRAL_FLAGS = (("--backgrounds", ""), ("--moving-clips", "0"), ("--frames", "1"))
 
 
 def train_concepts(args, needed: list[tuple[str, str]], fingerprint: str) -> dict[str, dict]:

@@ -20,6 +20,10 @@ def parsed(argv: list[str]) -> TrainConfig:
 RUN_ONLY = ("concepts", "out", "output_dir", "from_model", "seed", "checkpoint_every", "validation_video", "device")
 
 
+# The measurement script's arguments that its `cdvideo train` commands use (its defaults).
+SCRIPT_ARGS = type("Args", (), {"model": "shapes", "steps": 1500, "learning_rate": 1e-3, "device": "cpu"})()
+
+
 def training_settings(config: TrainConfig) -> dict:
     """The settings that decide the trained concept, the model's choices made explicit (frames 0 and resolution 0
     mean the preset's)."""
@@ -39,7 +43,7 @@ def test_the_short_shapes_command_trains_as_the_measured_one(tmp_path):
     script = load_script("shapes_personalization")
     concept = script.concept_of("circle")
     flags = script.TRAININGS[script.ROWS["defaults"]["training"]]
-    args = type("Args", (), {"model": "shapes", "steps": 1500, "learning_rate": 1e-3, "device": "cpu"})()
+    args = SCRIPT_ARGS
     measured = script.train_command(args, tmp_path / "photos", concept, flags, tmp_path / "m.safetensors", 42)
     assert measured[:4] == [sys.executable, "-m", "cdvideo", "train"]
     short = parsed(["--model", "shapes", "--images", str(tmp_path / "photos"), "--class-word", "circle",
@@ -148,7 +152,7 @@ def test_the_script_s_older_variants_train_without_the_new_defaults(tmp_path):
     from conftest import load_script
 
     script = load_script("shapes_personalization")
-    args = type("Args", (), {"model": "shapes", "steps": 1500, "learning_rate": 1e-3, "device": "cpu"})()
+    args = SCRIPT_ARGS
     command = script.train_command(args, tmp_path / "photos", script.concept_of("circle"), script.TRAININGS["token_video"],
                                    tmp_path / "c.safetensors", 42)
     config = parsed(command[4:])

@@ -87,7 +87,7 @@ _HELP = {
 
 
 def add_parser(subparsers) -> None:
-    from cdvideo.train.config import TrainConfig
+    from cdvideo.train.config import TrainConfig, flag_name
 
     parser = subparsers.add_parser(
         "train",
@@ -109,7 +109,7 @@ def add_parser(subparsers) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name not in _HELP:
             continue
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = flag_name(f.name)
         # Defaults stay None so that only the flags given override the YAML file.
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -180,7 +180,9 @@ def run(args) -> int:
 
 def as_flag(name: str, value) -> list[str]:
     """A setting as the command-line words that give it: ["--steps", "1500"], ["--no-augment"]."""
-    flag = f"--{name.replace('_', '-')}"
+    from cdvideo.train.config import flag_name
+
+    flag = flag_name(name)
     if isinstance(value, bool):
         return [flag if value else f"--no-{flag[2:]}"]
     return [flag, str(value)]

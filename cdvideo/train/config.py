@@ -35,7 +35,8 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
 RUN_SETTINGS = ("concepts", "out", "output_dir", "model", "resume", "from_model")
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting: "moving_clips" -> "--moving-clips"."""
     return f"--{name.replace('_', '-')}"
 
 
@@ -298,9 +299,14 @@ class TrainConfig:
             if not token or any(c.isspace() for c in token):
                 raise ConfigError(f"token {token!r} must be one word without spaces, e.g. <new1>")
 
-    def model_default(self, name: str, advice: str) -> str:
-        """" (--NAME is a training default of model M: ADVICE)" when setting `name` came from the model, else ""."""
-        return f" ({_flag(name)} is a training default of model {self.model}: {advice})" if name in self.from_model else ""
+    def model_default(self, names: str | list[str], advice: str) -> str:
+        """" (--NAME is a training default of model M: ADVICE)" for the settings of `names` that came from the model
+        ("--A and --B are training defaults ..." for two), else ""."""
+        names = [n for n in ([names] if isinstance(names, str) else names) if n in self.from_model]
+        if not names:
+            return ""
+        what = "is a training default" if len(names) == 1 else "are training defaults"
+        return f" ({' and '.join(map(flag_name, names))} {what} of model {self.model}: {advice})"
 
     def tokens(self) -> list[str]:
         return [c.token or f"<new{i + 1}>" for i, c in enumerate(self.concepts)]

@@ -32,7 +32,7 @@ from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig, fill_prompt
+from cdvideo.train.config import TrainConfig, fill_prompt, flag_name
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
                                 make_batch, mask_paths, paste_subject, plain_batch, read_composites, recolour_backgrounds,
@@ -548,8 +548,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     return result
 
 
-# The options that paint or move the subject, each with the value that turns it off.
-SUBJECT_OPTIONS = {"backgrounds": "''", "moving_clips": "0"}
+# The options that paint or move the subject (cut out by its mask): the caption placeholder each fills, and the value
+# that turns it off.
+SUBJECT_OPTIONS = {"backgrounds": ("{background}", "''"), "moving_clips": ("{motion}", "0")}
 
 
 def check_subject_masks(config: TrainConfig, subjects: list[list]) -> None:
@@ -558,42 +559,37 @@ def check_subject_masks(config: TrainConfig, subjects: list[list]) -> None:
     on = [name for name in SUBJECT_OPTIONS if getattr(config, name)]
     if not on or all(s is not None for group in subjects for s in group):
         return
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
     defaults = [name for name in on if name in config.from_model]
-    said = ""
-    if defaults:
-        placeholders = [p for n, p in (("backgrounds", "{background}"), ("moving_clips", "{motion}"))
-                        if n in defaults and p in config.instance_prompt]
-        caption = (f" and an --instance-prompt without {' '.join(placeholders)}"
-                   if placeholders and "instance_prompt" in config.from_model else "")
-        said = (f" ({' and '.join(map(flag, defaults))} {'is a training default' if len(defaults) == 1 else 'are training defaults'}"
-                f" of model {config.model}: pass {' '.join(f'{flag(n)} {SUBJECT_OPTIONS[n]}' for n in defaults)}{caption} "
-                "to train without)")
-    raise ConfigError(f"{' and '.join(map(flag, on))} need{'s' if len(on) == 1 else ''} subject masks: put NAME.mask.png "
-                      f"(white = subject) beside each NAME.png{said}")
+    placeholders = [SUBJECT_OPTIONS[n][0] for n in defaults if SUBJECT_OPTIONS[n][0] in config.instance_prompt]
+    caption = (f" and an --instance-prompt without {' '.join(placeholders)}"
+               if placeholders and "instance_prompt" in config.from_model else "")
+    offs = " ".join(f"{flag_name(n)} {SUBJECT_OPTIONS[n][1]}" for n in defaults)
+    raise ConfigError(f"{' and '.join(map(flag_name, on))} need{'s' if len(on) == 1 else ''} subject masks: put "
+                      f"NAME.mask.png (white = subject) beside each NAME.png"
+                      + config.model_default(defaults, f"pass {offs}{caption} to train without"))
 
 
 def check_backgrounds(config: TrainConfig, captions: list[list[str]]) -> None:
     """--backgrounds needs captions that name {background}; {background} needs --backgrounds."""
-    if _check_named_option(config, "backgrounds", "{background}", "'NAME=#RRGGBB, ...'",
+    if _check_named_option(config, "backgrounds", "'NAME=#RRGGBB, ...'",
                            "'a {token} {class_word} on a {background} background'", captions) and config.keep == "best":
         raise ConfigError("--backgrounds needs --keep last or all (best scores checkpoints on the photos as given)")
 
 
 def check_moving_clips(config: TrainConfig, captions: list[list[str]]) -> None:
     """--moving-clips needs clips to move and captions that name {motion}; {motion} needs it."""
-    if _check_named_option(config, "moving_clips", "{motion}", "0.0625",
+    if _check_named_option(config, "moving_clips", "0.0625",
                            "'a {token} {class_word} {motion} on a black background'", captions) and config.frames < 2:
         raise ConfigError("--moving-clips moves the subject over a clip, and this model trains single images: "
                           "pass --frames 8 (or another count above 1)")
 
 
-def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage: str, caption: str,
-                        captions: list[list[str]]) -> bool:
-    """An option of SUBJECT_OPTIONS (setting `name`, given as --NAME USAGE) that fills a caption placeholder: on, every
-    caption names the placeholder; off, none does. An error caused by a model's training default says so. Returns
-    whether the option is on. (Its masks: check_subject_masks.)"""
-    option = "--" + name.replace("_", "-")
+def _check_named_option(config: TrainConfig, name: str, usage: str, caption: str, captions: list[list[str]]) -> bool:
+    """An option of SUBJECT_OPTIONS (setting `name`, given as --NAME USAGE): on, every caption names its placeholder;
+    off, none does. An error caused by a model's training default says so. Returns whether the option is on. (Its
+    masks: check_subject_masks.)"""
+    placeholder, off = SUBJECT_OPTIONS[name]
+    option = flag_name(name)
     named = [placeholder in c for group in captions for c in group]
     if not getattr(config, name):
         if any(named):
@@ -603,7 +599,7 @@ def _check_named_option(config: TrainConfig, name: str, placeholder: str, usage:
         return False
     if not all(named):
         raise ConfigError(f"{option} needs captions that name {placeholder}, e.g. --instance-prompt {caption}"
-                          + config.model_default(name, f"pass {option} {SUBJECT_OPTIONS[name]} to train without it"))
+                          + config.model_default(name, f"pass {option} {off} to train without it"))
     return True
 
 
