@@ -129,11 +129,12 @@ ROWS = {
     "token_fixed": dict(training="token_fixed"),
     "token+class_fixed": dict(training="token+class_fixed"),
     # `cdvideo render --concept X` with no other flag (the Shapes preset's concept_binding, region) for the concept
-    # trained by the documented Shapes training command (session 17: token-bound, clips of 8 frames whose subject
-    # moves, the photos painted on black, white and yellow: `video_bright_moving`). Until session 10 `defaults`
+    # trained by the documented Shapes training command (session 19: token-bound, clips of 8 frames whose subject
+    # moves, the photos painted on the world's six colours: `video_backgrounds_moving`). Until session 10 `defaults`
     # trained on single images (now `defaults_images`), until session 16 on still clips of the photos as given (now
-    # `video_defaults`).
-    "defaults": dict(training="token_video_bright_moving", render_defaults=True),
+    # `video_defaults`), in sessions 17-18 on the photos painted on black, white and yellow (now
+    # `video_bright_moving`; the `defaults_*` rows of session 18 render those concepts).
+    "defaults": dict(training="token_video_backgrounds_moving", render_defaults=True),
     "video_defaults": dict(training="token_video", render_defaults=True),  # the default of sessions 11-16
     "defaults_images": dict(training="token", render_defaults=True),
     "video_subject": dict(training="token_video_subject", render_defaults=True),

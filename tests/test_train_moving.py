@@ -121,4 +121,4 @@ def test_the_documented_shapes_training_command_runs_as_written(tmp_path):
     assert main(argv + ["--steps", "2", "--checkpoint-every", "2", "--no-validation-video", "--device", "cpu"]) == 0
     training = load_concept(tmp_path / "circle.safetensors").training
     assert training["moving_clips"] == 0.0625 and training["frames"] == 8 and training["binding"] == "token"
-    assert training["images"] == [10]  # each photo on black and white; yellow, the upper half's own colour, is skipped
+    assert training["images"] == [20]  # each photo on black, white, red and green; yellow and blue, its own, are skipped
