@@ -294,23 +294,25 @@ def write_training_images(folder: Path, concept: dict, backgrounds: str = "black
 
     from cdvideo.shapes.world import concept_scene, draw_frame, shape_mask
 
+    def save(scene, name: str) -> None:
+        """The scene's first frame as NAME.png, and its subject mask (as a user's segmentation would give it, read by
+        --backgrounds, --moving-clips, --loss-on-subject, ...) as NAME.mask.png."""
+        Image.fromarray(draw_frame(scene, 0)).save(folder / f"{name}.png")
+        obj = scene.objects[0]
+        mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{name}.mask.png")
+
     folder.mkdir(parents=True, exist_ok=True)
     colours = allowed_colours(concept)
     for seed in range(count):
         background = "black" if backgrounds == "black" else colours[seed % len(colours)]
         scene = concept_scene(np.random.default_rng(seed), background=background, concept=concept)
-        Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}.png")
-        # The subject mask (as a user's segmentation would give it), read by --loss-on-subject / --attention-loss-weight.
-        obj = scene.objects[0]
-        mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{seed}.mask.png")
+        save(scene, str(seed))
         if backgrounds == "varied":
             (folder / f"{seed}.txt").write_text(f"a {{token}} {{class_word}} on a {background} background\n")
         if backgrounds == "sizes":  # the same photo with its subject small, captioned so (session 18)
-            obj.size = "small"
-            Image.fromarray(draw_frame(scene, 0)).save(folder / f"{seed}s.png")
-            mask = shape_mask(obj.shape, obj.x, obj.y, obj.extent)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{seed}s.mask.png")
+            scene.objects[0].size = "small"
+            save(scene, f"{seed}s")
             (folder / f"{seed}s.txt").write_text("a small {token} {class_word} {motion} on a {background} background\n")
     return folder
 

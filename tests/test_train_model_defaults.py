@@ -43,8 +43,7 @@ def test_the_short_shapes_command_trains_as_the_measured_one(tmp_path):
     script = load_script("shapes_personalization")
     concept = script.concept_of("circle")
     flags = script.TRAININGS[script.ROWS["defaults"]["training"]]
-    args = SCRIPT_ARGS
-    measured = script.train_command(args, tmp_path / "photos", concept, flags, tmp_path / "m.safetensors", 42)
+    measured = script.train_command(SCRIPT_ARGS, tmp_path / "photos", concept, flags, tmp_path / "m.safetensors", 42)
     assert measured[:4] == [sys.executable, "-m", "cdvideo", "train"]
     short = parsed(["--model", "shapes", "--images", str(tmp_path / "photos"), "--class-word", "circle",
                     "--out", str(tmp_path / "s.safetensors")])
@@ -152,8 +151,7 @@ def test_the_script_s_older_variants_train_without_the_new_defaults(tmp_path):
     from conftest import load_script
 
     script = load_script("shapes_personalization")
-    args = SCRIPT_ARGS
-    command = script.train_command(args, tmp_path / "photos", script.concept_of("circle"), script.TRAININGS["token_video"],
+    command = script.train_command(SCRIPT_ARGS, tmp_path / "photos", script.concept_of("circle"), script.TRAININGS["token_video"],
                                    tmp_path / "c.safetensors", 42)
     config = parsed(command[4:])
     assert (config.backgrounds, config.moving_clips, config.frames) == ("", 0.0, 8)
