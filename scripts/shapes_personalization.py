@@ -98,6 +98,14 @@ TRAININGS = {
                                        WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
     "token_video_bright_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
                                   BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
+    # the default trained on part of the noise levels only (session 20): the noisier half, where the layout and the
+    # colours form, or the cleaner half, where they are refined
+    "token_video_backgrounds_moving_noisy": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                             WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0.5:1"],
+    "token_video_backgrounds_moving_clean": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                             WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0:0.5"],
+    "token_video_backgrounds_moving_cleaner": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
+                                               WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0:0.3"],
     # and SPL ten times stronger (session 18): "<new1> circle" held closer to "circle" at the end of the text
     "token_video_bright_moving_spl10": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
                                         BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--spl-weight", "10"],
@@ -145,6 +153,12 @@ ROWS = {
     "video_bright": dict(training="token_video_bright", render_defaults=True),
     "video_moving": dict(training="token_video_moving", render_defaults=True),
     "video_backgrounds_moving": dict(training="token_video_backgrounds_moving", render_defaults=True),
+    "defaults_noisy": dict(training="token_video_backgrounds_moving_noisy", render_defaults=True),
+    "defaults_clean": dict(training="token_video_backgrounds_moving_clean", render_defaults=True),
+    "defaults_cleaner": dict(training="token_video_backgrounds_moving_cleaner", render_defaults=True),
+    # the cleaner half's concept applied only where it was trained (the second half of the steps), region-bound
+    "defaults_clean_late": dict(training="token_video_backgrounds_moving_clean", concept_binding="region",
+                                concept_schedule="0:0, 0.5:1"),
     "video_bright_moving": dict(training="token_video_bright_moving", render_defaults=True),
     # the painted concepts, region-bound with the preset's schedule (which the preset leaves out of region renders)
     "video_backgrounds_schedule": dict(training="token_video_backgrounds", concept_binding="region",

@@ -440,3 +440,35 @@ def test_training_reads_the_captions(dog_images, tmp_path, monkeypatch):
             result = train(tiny_config(folder, tmp_path / out, steps=1, spl_weight=0), progress=False)
         losses.append((result.output_dir / "loss.csv").read_text().splitlines()[1].split(",")[2])
     assert losses[0] != losses[1]
+
+
+def test_timestep_range_trains_only_those_noise_levels(dog_images, tmp_path, monkeypatch, capsys):
+    import cdvideo.train.loop as loop
+
+    seen = []
+    real_predict = loop.predict
+
+    def recording(unet, noisy, timesteps, hidden):
+        seen.extend(timesteps.tolist())
+        return real_predict(unet, noisy, timesteps, hidden)
+
+    monkeypatch.setattr(loop, "predict", recording)
+    components = load_components()
+    total = components["noise_scheduler"].config.num_train_timesteps
+    train(tiny_config(dog_images, tmp_path / "noisy.safetensors", steps=6, timestep_range="0.6:1"),
+          components=components, progress=False)
+    assert seen and min(seen) >= 0.6 * total and max(seen) < total
+    from cdvideo.concept import load_concept
+
+    assert load_concept(tmp_path / "noisy.safetensors").training["timestep_range"] == "0.6:1"  # the file says how
+    seen.clear()
+    train(tiny_config(dog_images, tmp_path / "clean.safetensors", steps=6, timestep_range="0:0.3"),
+          components=load_components(), progress=False)
+    assert seen and max(seen) < 0.3 * total
+
+    capsys.readouterr()
+    assert main(["train", "--images", str(dog_images), "--class-word", "dog", "--model", "tiny",
+                 "--timestep-range", "0.7:0.2", "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "timestep_range '0.7:0.2'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()

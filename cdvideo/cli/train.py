@@ -56,6 +56,8 @@ _HELP = {
     "moving_clips": "with still clips (--frames): each clip's subject (needs masks NAME.mask.png) travels this share of "
                     "the image side per frame, left, right, up or down (or stays, one clip in five), named by {motion} in "
                     "the caption ('moving left'); 0 off; needs --no-augment (the Shapes world moves 0.0625)",
+    "timestep_range": "LO:HI: train only the noise levels in this share of the training timesteps (0 clean, 1 pure "
+                      "noise; default 0:1, all of them)",
     "spl_weight": "weight of the semantic preservation loss; 0 is plain Custom Diffusion",
     "spl_pooling": "eos: end-of-text feature (the paper); legacy: the official code's argmax pooling",
     "initializer_token": "word whose embedding starts the new token (a rare, unrelated one); {class_word}: each "

@@ -35,6 +35,18 @@ def fill_prompt(template: str, token: str | None, class_word: str) -> str:
 RUN_SETTINGS = ("concepts", "out", "output_dir", "model", "resume", "from_model")
 
 
+def timestep_shares(text: str) -> tuple[float, float]:
+    """--timestep-range "LO:HI" as two shares of the training timesteps, 0 <= LO < HI <= 1."""
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        low = high = -1.0
+    if not 0 <= low < high <= 1:
+        raise ConfigError(f"timestep_range {text!r}: give LO:HI, two shares of the training timesteps with "
+                          "0 <= LO < HI <= 1 (0:1 trains every noise level; 0.5:1 only the noisier half)")
+    return low, high
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a setting: "moving_clips" -> "--moving-clips"."""
     return f"--{name.replace('_', '-')}"
@@ -134,6 +146,9 @@ class TrainConfig:
     # caption's `{motion}` names the way ("moving left"; empty for a clip that stays). The photos otherwise show the
     # subject standing, which the still clips teach the token too. 0: off (still clips). The Shapes world moves 1/16.
     moving_clips: float = 0.0
+    # The noise levels trained: "LO:HI", shares of the scheduler's training timesteps (0 clean, 1 pure noise);
+    # each step's timesteps are drawn uniformly in [LO * T, HI * T). "0:1": all of them, as every recipe does.
+    timestep_range: str = "0:1"
     # lambda of L = L_diffusion + lambda * L_spl; 0 is plain Custom Diffusion, the baseline.
     spl_weight: float = 1.0
     # eos: the end-of-text position, as the paper says; legacy: the argmax token id, which the
@@ -262,6 +277,7 @@ class TrainConfig:
             if clash:
                 raise ConfigError(f"--moving-clips moves each photo's subject over its own clip at full size, which "
                                   f"rules out {clash}" + self.model_default("moving_clips", "pass --moving-clips 0 to train without it"))
+        timestep_shares(self.timestep_range)
         if self.frames < 0:
             raise ConfigError(f"frames must be 1 or more (1: single images, the paper; 0: the model's choice), got {self.frames}")
         if self.frames > 1 and self.attention_loss_weight > 0:

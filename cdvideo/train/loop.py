@@ -32,7 +32,7 @@ from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig, fill_prompt, flag_name
+from cdvideo.train.config import TrainConfig, fill_prompt, flag_name, timestep_shares
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
                                 make_batch, mask_paths, paste_subject, plain_batch, read_composites, recolour_backgrounds,
@@ -231,6 +231,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unet = with_motion_module(preset, unet)
     # Loss masks live at latent resolution: SD's VAE downsamples by 8, smaller models (Shapes: 4) by less.
     latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    # The timesteps drawn: [low, high) of the scheduler's (all of them unless --timestep-range narrows it).
+    total = noise_scheduler.config.num_train_timesteps
+    timesteps_trained = tuple(round(share * total) for share in timestep_shares(config.timestep_range))
     # Moving clips: the subject's pixels per frame (at least one) and the clip's frames.
     moving = (max(1, round(config.moving_clips * size)), config.frames) if config.moving_clips else None
 
@@ -396,7 +399,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
                                 dtype=vae.dtype)
         # Video-aware training: noise per frame of the still clip (b, c, frames, h, w).
         all_noise = torch.randn(shape if config.frames == 1 else (*shape[:2], config.frames, *shape[2:]), generator=generator)
-        all_timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, shape[:1], generator=generator)
+        all_timesteps = torch.randint(*timesteps_trained, shape[:1], generator=generator)
         for micro in range(config.gradient_accumulation_steps):
             with accelerator.accumulate(unet, text_encoder):
                 mine = _share(micro * processes + rank, n, blocks, with_prior=class_sampler is not None)
@@ -527,7 +530,7 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
             "spl_pooling": config.spl_pooling, "train": config.train, "binding": config.binding, "train_token": config.train_token,
             "frames": config.frames, "resolution": size, "seed": config.seed,
             "images": [len(g) for g in instance_images], "backgrounds": config.backgrounds, "moving_clips": config.moving_clips,
-            "prior_preservation": config.with_prior_preservation,
+            "timestep_range": config.timestep_range, "prior_preservation": config.with_prior_preservation,
             "score": {"name": scorer.name, "value": scores.get(result.step)} if scorer else None,
             "train_seconds": round(train_seconds, 2),
         },
