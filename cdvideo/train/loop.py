@@ -234,6 +234,9 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
     # The timesteps drawn: [low, high) of the scheduler's (all of them unless --timestep-range narrows it).
     total = noise_scheduler.config.num_train_timesteps
     timesteps_trained = tuple(round(share * total) for share in timestep_shares(config.timestep_range))
+    if timesteps_trained[0] >= timesteps_trained[1]:
+        raise ConfigError(f"timestep_range {config.timestep_range!r} holds none of the model's {total} training "
+                          "timesteps: widen it")
     # Moving clips: the subject's pixels per frame (at least one) and the clip's frames.
     moving = (max(1, round(config.moving_clips * size)), config.frames) if config.moving_clips else None
 
