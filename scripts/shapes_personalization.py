@@ -98,18 +98,15 @@ TRAININGS = {
                                        WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
     "token_video_bright_moving": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
                                   BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION],
-    # the default trained on part of the noise levels only (session 20): the noisier half, where the layout and the
-    # colours form, or the cleaner half, where they are refined
-    "token_video_backgrounds_moving_noisy": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
-                                             WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0.5:1"],
-    "token_video_backgrounds_moving_clean": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
-                                             WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0:0.5"],
-    "token_video_backgrounds_moving_cleaner": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
-                                               WORLD_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--timestep-range", "0:0.3"],
     # and SPL ten times stronger (session 18): "<new1> circle" held closer to "circle" at the end of the text
     "token_video_bright_moving_spl10": ["--binding", "token", "--frames", "8", *MOVING_CLIPS, "--backgrounds",
                                         BRIGHT_BACKGROUNDS, *MOVING_BACKGROUND_CAPTION, "--spl-weight", "10"],
 }
+# The default trained on part of the noise levels only (session 20): the noisier half, where the layout and the colours
+# form, or the cleaner half (or less), where they are refined.
+TRAININGS.update({f"token_video_backgrounds_moving_{name}": [*TRAININGS["token_video_backgrounds_moving"],
+                                                             "--timestep-range", levels]
+                  for name, levels in (("noisy", "0.5:1"), ("clean", "0:0.5"), ("cleaner", "0:0.3"))})
 # Rows: the training variant (None: the base model, prompts without the token) and render settings.
 ROWS = {
     "base": dict(training=None),

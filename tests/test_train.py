@@ -444,6 +444,7 @@ def test_training_reads_the_captions(dog_images, tmp_path, monkeypatch):
 
 def test_timestep_range_trains_only_those_noise_levels(dog_images, tmp_path, monkeypatch, capsys):
     import cdvideo.train.loop as loop
+    from cdvideo.concept import load_concept
 
     seen = []
     real_predict = loop.predict
@@ -458,8 +459,6 @@ def test_timestep_range_trains_only_those_noise_levels(dog_images, tmp_path, mon
     train(tiny_config(dog_images, tmp_path / "noisy.safetensors", steps=6, timestep_range="0.6:1"),
           components=components, progress=False)
     assert seen and min(seen) >= 0.6 * total and max(seen) < total
-    from cdvideo.concept import load_concept
-
     assert load_concept(tmp_path / "noisy.safetensors").training["timestep_range"] == "0.6:1"  # the file says how
     seen.clear()
     train(tiny_config(dog_images, tmp_path / "clean.safetensors", steps=6, timestep_range="0:0.3"),

@@ -47,6 +47,14 @@ def timestep_shares(text: str) -> tuple[float, float]:
     return low, high
 
 
+def trained_timesteps(text: str, total: int) -> tuple[int, int]:
+    """The [low, high) of a scheduler's `total` training timesteps that --timestep-range "LO:HI" draws from."""
+    low, high = (round(share * total) for share in timestep_shares(text))
+    if low >= high:
+        raise ConfigError(f"timestep_range {text!r} holds none of the model's {total} training timesteps: widen it")
+    return low, high
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a setting: "moving_clips" -> "--moving-clips"."""
     return f"--{name.replace('_', '-')}"

@@ -32,7 +32,7 @@ from cdvideo.config import parse_backgrounds
 from cdvideo.errors import ConfigError
 from cdvideo.files import write_yaml_atomic
 from cdvideo.train import checkpoints as ckpt
-from cdvideo.train.config import TrainConfig, fill_prompt, flag_name, timestep_shares
+from cdvideo.train.config import TrainConfig, fill_prompt, flag_name, trained_timesteps
 from cdvideo.binding import install_bound_training, take_attention_maps
 from cdvideo.train.data import (EpochSampler, Example, image_captions, image_paths, load_image_folder, load_subject_masks,
                                 make_batch, mask_paths, paste_subject, plain_batch, read_composites, recolour_backgrounds,
@@ -231,12 +231,8 @@ def train(config: TrainConfig, progress: bool = True, components: dict | None = 
         unet = with_motion_module(preset, unet)
     # Loss masks live at latent resolution: SD's VAE downsamples by 8, smaller models (Shapes: 4) by less.
     latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    # The timesteps drawn: [low, high) of the scheduler's (all of them unless --timestep-range narrows it).
-    total = noise_scheduler.config.num_train_timesteps
-    timesteps_trained = tuple(round(share * total) for share in timestep_shares(config.timestep_range))
-    if timesteps_trained[0] >= timesteps_trained[1]:
-        raise ConfigError(f"timestep_range {config.timestep_range!r} holds none of the model's {total} training "
-                          "timesteps: widen it")
+    # The timesteps drawn: all of the scheduler's unless --timestep-range narrows them.
+    timesteps_trained = trained_timesteps(config.timestep_range, noise_scheduler.config.num_train_timesteps)
     # Moving clips: the subject's pixels per frame (at least one) and the clip's frames.
     moving = (max(1, round(config.moving_clips * size)), config.frames) if config.moving_clips else None
 
